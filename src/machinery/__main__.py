@@ -1,0 +1,5 @@
+"""``python -m machinery``."""
+
+from machinery.cli.main import main
+
+main()

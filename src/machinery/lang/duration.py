@@ -1,0 +1,123 @@
+"""Durations as manifests write them.
+
+One parser serves every duration in a manifest. It accepts the union of the two syntaxes Choria
+uses, Go's ``time.ParseDuration`` (``300ms``, ``1.5h``, ``2h45m``) and Choria's extended form
+(``2d``, ``1w``, ``6M``, ``1Y``), and also lets the long units combine (``1d12h``). Values are
+float seconds; :func:`format_go_duration` prints them back the way Go's ``Duration.String`` does,
+which is what Choria shows in its events and templates.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+__all__ = ["DurationError", "format_go_duration", "parse_duration"]
+
+_UNIT_SECONDS: dict[str, float] = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "μs": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+    "d": 86400.0,
+    "D": 86400.0,
+    "w": 7 * 86400.0,
+    "W": 7 * 86400.0,
+    "M": 30 * 86400.0,
+    "y": 365 * 86400.0,
+    "Y": 365 * 86400.0,
+}
+
+# Longest units first so that "ms" is not read as "m" followed by a stray "s".
+_UNIT_PATTERN = "|".join(sorted(map(re.escape, _UNIT_SECONDS), key=len, reverse=True))
+_TERM = re.compile(rf"(\d+\.?\d*|\.\d+)({_UNIT_PATTERN})?")
+
+# A year of seconds times a thousand: anything longer is a typo, and it keeps values finite.
+MAX_SECONDS = 1000 * 365 * 86400.0
+
+
+class DurationError(ValueError):
+    """A duration that cannot be parsed; ``column`` is the 0-based offset of the problem."""
+
+    def __init__(self, message: str, column: int = 0) -> None:
+        super().__init__(message)
+        self.column = column
+
+
+def parse_duration(text: str) -> float:
+    """Parse ``text`` into seconds.
+
+    An empty string is 0, as in Choria. A number without a unit is refused (Go reads a bare
+    integer as nanoseconds, which is never what a manifest author meant), except ``0``.
+    """
+    stripped = text.strip()
+    lead = len(text) - len(text.lstrip())
+    if stripped == "":
+        return 0.0
+    if stripped in ("0", "+0", "-0"):
+        return 0.0
+    if stripped[0] == "-":
+        raise DurationError(f"duration {text!r} must not be negative", lead)
+    pos = 1 if stripped[0] == "+" else 0
+    if pos == len(stripped):
+        raise DurationError(f"invalid duration {text!r}", lead)
+    total = 0.0
+    while pos < len(stripped):
+        match = _TERM.match(stripped, pos)
+        if match is None:
+            raise DurationError(
+                f"invalid duration {text!r}: expected a number at {stripped[pos:]!r}", lead + pos
+            )
+        number, unit = match.group(1), match.group(2)
+        if unit is None:
+            after = match.end()
+            if after < len(stripped):
+                bad = stripped[after]
+                raise DurationError(
+                    f"invalid duration {text!r}: unknown unit {bad!r} "
+                    "(use ns, us, ms, s, m, h, d, w, M or y)",
+                    lead + after,
+                )
+            raise DurationError(
+                f"invalid duration {text!r}: missing unit (for example {number}s or {number}m)",
+                lead + match.end(),
+            )
+        total += float(number) * _UNIT_SECONDS[unit]
+        pos = match.end()
+    if not math.isfinite(total) or total > MAX_SECONDS:
+        raise DurationError(f"duration {text!r} is too long", lead)
+    return total
+
+
+def format_go_duration(seconds: float) -> str:
+    """Format seconds as Go's ``time.Duration.String()`` does (``1h30m0s``, ``500ms``, ``0s``)."""
+    nanos = round(seconds * 1e9)
+    if nanos == 0:
+        return "0s"
+    sign = "-" if nanos < 0 else ""
+    nanos = abs(nanos)
+    if nanos < 1_000_000_000:
+        # Below one second Go picks the largest unit that keeps the integer part non-zero.
+        for unit, size in (("ms", 1_000_000), ("µs", 1_000), ("ns", 1)):
+            if nanos >= size:
+                return sign + _fraction(nanos, size) + unit
+    hours, rest = divmod(nanos, 3600 * 1_000_000_000)
+    minutes, rest = divmod(rest, 60 * 1_000_000_000)
+    secs = _fraction(rest, 1_000_000_000) + "s"
+    if hours:
+        return f"{sign}{hours}h{minutes}m{secs}"
+    if minutes:
+        return f"{sign}{minutes}m{secs}"
+    return sign + secs
+
+
+def _fraction(value: int, unit: int) -> str:
+    whole, frac = divmod(value, unit)
+    if frac == 0:
+        return str(whole)
+    digits = len(str(unit)) - 1
+    return f"{whole}.{frac:0{digits}d}".rstrip("0")

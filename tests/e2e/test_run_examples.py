@@ -1,0 +1,254 @@
+"""End to end: ``machinery run examples/<x>`` in a real process, driven by changing its world."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+IDENTITY = "e2e.example.net"
+
+
+class Run:
+    def __init__(self, process: subprocess.Popen[bytes], events: Path, log: Path) -> None:
+        self.process = process
+        self.events_file = events
+        self.log_file = log
+
+    def events(self) -> list[dict[str, Any]]:
+        if not self.events_file.exists():
+            return []
+        return [json.loads(line) for line in self.events_file.read_text().splitlines() if line]
+
+    def transitions(self) -> list[tuple[str, str, str, str]]:
+        return [
+            (
+                e["data"]["machine"],
+                e["data"]["transition"],
+                e["data"]["from_state"],
+                e["data"]["to_state"],
+            )
+            for e in self.events()
+            if e["type"] == "io.choria.machine.v1.transition"
+        ]
+
+    def wait_for(self, count: int, timeout: float = 15.0) -> list[tuple[str, str, str, str]]:
+        deadline = time.monotonic() + timeout
+        while len(self.transitions()) < count:
+            if self.process.poll() is not None:
+                raise AssertionError(f"machinery exited early:\n{self.log_file.read_text()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"expected {count} transitions, got {self.transitions()}\n{self.log_file.read_text()}"
+                )
+            time.sleep(0.02)
+        return self.transitions()
+
+
+@pytest.fixture
+def run_example(tmp_path: Path) -> Iterator[Any]:
+    runs: list[Run] = []
+
+    def start(*names: str) -> tuple[Run, list[Path]]:
+        dirs = []
+        for name in names:
+            target = tmp_path / name
+            shutil.copytree(
+                ROOT / "examples" / name,
+                target,
+                ignore=shutil.ignore_patterns("world", "machine_data.json"),
+            )
+            dirs.append(target)
+        events, log = tmp_path / "events.jsonl", tmp_path / "run.log"
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "machinery",
+                "run",
+                *map(str, dirs),
+                "--events",
+                str(events),
+                "--identity",
+                IDENTITY,
+                "--no-rate-limit",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=open(log, "wb"),
+            cwd=tmp_path,
+        )
+        run = Run(process, events, log)
+        runs.append(run)
+        deadline = time.monotonic() + 15
+        while log.read_text().count("Starting Choria Machine") < len(names):
+            assert time.monotonic() < deadline, log.read_text()
+            assert process.poll() is None, log.read_text()
+            time.sleep(0.02)
+        return run, dirs
+
+    yield start
+    for run in runs:
+        if run.process.poll() is None:
+            run.process.kill()
+            run.process.wait()
+
+
+def stop(run: Run) -> float:
+    started = time.monotonic()
+    run.process.send_signal(signal.SIGTERM)
+    code = run.process.wait(timeout=10)
+    elapsed = time.monotonic() - started
+    assert code == 0, run.log_file.read_text()
+    return elapsed
+
+
+def touch(path: Path) -> None:
+    path.write_text(path.read_text())
+
+
+def check_cloudevents(events: list[dict[str, Any]]) -> None:
+    ids = set()
+    for event in events:
+        assert list(event) == [
+            "specversion",
+            "id",
+            "source",
+            "type",
+            "subject",
+            "datacontenttype",
+            "time",
+            "data",
+        ]
+        assert event["specversion"] == "1.0"
+        assert UUID.match(event["id"]) and event["id"] not in ids
+        ids.add(event["id"])
+        assert event["source"] == "io.choria.machine"
+        assert event["subject"] == IDENTITY
+        assert event["datacontenttype"] == "application/json"
+        data = event["data"]
+        assert event["type"] == data["protocol"]
+        assert data["identity"] == IDENTITY
+        assert UUID.match(data["id"])
+        assert event["time"] == datetime.fromtimestamp(data["timestamp"], UTC).strftime(
+            "%Y-%m-%dT%H:%M:%SZ"
+        )
+        assert abs(data["timestamp"] - time.time()) < 120
+        if event["type"] == "io.choria.machine.v1.transition":
+            assert list(data) == [
+                "protocol",
+                "identity",
+                "id",
+                "version",
+                "timestamp",
+                "machine",
+                "transition",
+                "from_state",
+                "to_state",
+            ]
+        else:
+            assert list(data)[:8] == [
+                "protocol",
+                "identity",
+                "id",
+                "version",
+                "timestamp",
+                "type",
+                "machine",
+                "name",
+            ]
+            assert data["protocol"] == f"io.choria.machine.watcher.{data['type']}.v1.state"
+
+
+def test_hvac_follows_the_room_temperature(run_example: Any) -> None:
+    run, [hvac] = run_example("hvac")
+    world = hvac / "world"
+    world.mkdir()
+    (world / "temperature").write_text("25\n")
+
+    touch(hvac / "hvac.json")  # the file watcher's first look: variables are known
+    run.wait_for(2)  # variables_changed, then the monitor finds it too warm
+    (world / "temperature").write_text("18\n")
+    os.unlink(hvac / "hvac.json")  # variables gone: back to unknown
+    run.wait_for(3)
+    (hvac / "hvac.json").write_text('{"target": 21}\n')
+    run.wait_for(4)
+    time_to_stop = stop(run)
+
+    assert run.transitions() == [
+        ("HVAC", "variables_changed", "unknown", "idle"),
+        ("HVAC", "air_bad", "idle", "running"),
+        ("HVAC", "variables_unknown", "running", "unknown"),
+        ("HVAC", "variables_changed", "unknown", "idle"),
+    ]
+    assert (world / "hvac").read_text().strip() == "off"
+    # off runs on entering idle, on on entering running, off again on entering unknown and idle.
+    assert [line.split()[1] for line in (world / "hvac.log").read_text().splitlines()] == [
+        "off",
+        "on",
+        "off",
+        "off",
+    ]
+    events = run.events()
+    check_cloudevents(events)
+    machine_ids = {e["data"]["id"] for e in events}
+    assert len(machine_ids) == 1
+    watcher_states = [
+        (e["data"]["name"], e["data"]["previous_outcome"])
+        for e in events
+        if e["data"]["protocol"] != "io.choria.machine.v1.transition"
+    ]
+    assert ("variables", "error") in watcher_states
+    assert ("monitor", "error") in watcher_states and ("monitor", "success") in watcher_states
+    assert time_to_stop < 2
+
+
+def test_container_manager_deploys_and_rolls_out_a_new_tag(run_example: Any) -> None:
+    run, [manager] = run_example("container-manager")
+    touch(manager / "manifest.json")
+    run.wait_for(2)
+    assert (
+        manager / "world" / "container"
+    ).read_text().strip() == "registry.example.net/ops/example:v1"
+    manifest = json.loads((manager / "manifest.json").read_text())
+    manifest["tag"] = "v2"
+    (manager / "manifest.json").write_text(json.dumps(manifest))
+    run.wait_for(4)
+    stop(run)
+    assert run.transitions() == [
+        ("ContainerManager", "absent", "unknown", "deploy"),
+        ("ContainerManager", "deployed", "deploy", "monitor"),
+        ("ContainerManager", "absent", "monitor", "deploy"),
+        ("ContainerManager", "deployed", "deploy", "monitor"),
+    ]
+    assert (
+        manager / "world" / "container"
+    ).read_text().strip() == "registry.example.net/ops/example:v2"
+    check_cloudevents(run.events())
+
+
+def test_invalid_machine_is_reported_and_nothing_runs(tmp_path: Path) -> None:
+    machine = tmp_path / "bad"
+    machine.mkdir()
+    (machine / "machine.yaml").write_text("name: bad\nversion: 1.0.0\ninitial_state: a\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "machinery", "run", str(machine)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 1
+    assert f"{machine / 'machine.yaml'}:1:1: no transitions defined" in result.stderr
+    assert "Traceback" not in result.stderr

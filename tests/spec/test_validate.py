@@ -1,0 +1,275 @@
+"""Manifest checking: every problem at once, each at its FILE:LINE:COL."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from machinery.spec.diagnostics import Severity
+from machinery.watchers.registry import check_manifest
+
+GOOD = """\
+name: demo
+version: 1.0.0
+initial_state: unknown
+transitions:
+  - name: go
+    from: [unknown]
+    destination: running
+  - name: stop
+    from: [running]
+    destination: unknown
+watchers:
+  - name: check
+    type: exec
+    state_match: [running]
+    success_transition: stop
+    interval: 1m
+    properties:
+      command: ./check.sh --name {{ lookup "facts.name" "x" }}
+"""
+
+
+def check(tmp_path: Path, text: str):  # type: ignore[no-untyped-def]
+    path = tmp_path / "machine.yaml"
+    path.write_text(textwrap.dedent(text))
+    return check_manifest(path)
+
+
+def errors(tmp_path: Path, text: str) -> list[str]:
+    manifest, diagnostics = check(tmp_path, text)
+    found = [str(d).split(":", 1)[1] for d in diagnostics if d.severity is Severity.ERROR]
+    assert manifest is None if found else manifest is not None
+    return found
+
+
+def test_good_manifest_loads(tmp_path: Path) -> None:
+    manifest, diagnostics = check(tmp_path, GOOD)
+    assert manifest is not None, diagnostics
+    assert manifest.spec.name == "demo"
+    assert manifest.properties[0].command.startswith("./check.sh")  # type: ignore[attr-defined]
+    assert manifest.directory == tmp_path
+
+
+# Each case: a change to GOOD (old, new) or a whole manifest, and the expected "LINE:COL: text".
+BROKEN: list[tuple[str, str | tuple[str, str], list[str]]] = [
+    ("bad yaml", ("    from: [unknown]\n", "    from: [unknown\n"), ["6:", "invalid YAML"]),
+    ("tab indent", ("  - name: go\n", "\t- name: go\n"), ["invalid YAML"]),
+    ("not a mapping", "- a\n- b\n", ["1:1: a manifest must be a mapping"]),
+    (
+        "wrong type",
+        ("initial_state: unknown\n", "initial_state: unknown\nsplay_start: many\n"),
+        ["4:14:", "splay_start"],
+    ),
+    (
+        "unknown top key",
+        ("version: 1.0.0\n", "version: 1.0.0\nversoin: 2\n"),
+        ["3:1:", "unknown key 'versoin'"],
+    ),
+    (
+        "unknown watcher key",
+        ("    interval: 1m\n", "    interval: 1m\n    state_matchin: [x]\n"),
+        ["17:5:", "unknown key 'state_matchin'; did you mean 'state_match'?"],
+    ),
+    (
+        "unknown property",
+        ("      command:", "      comand: x\n      command:"),
+        ["18:7:", "unknown property 'comand'; did you mean 'command'?"],
+    ),
+    (
+        "missing command",
+        ('      command: ./check.sh --name {{ lookup "facts.name" "x" }}\n', "      timeout: 5s\n"),
+        ["17:5:", "watcher 'check': property 'command' is required"],
+    ),
+    ("bad interval", ("interval: 1m", "interval: 10"), ["16:15:", "a duration needs a unit"]),
+    ("bad interval unit", ("interval: 1m", "interval: 5x"), ["16:16:", "unknown unit 'x'"]),
+    (
+        "bad property duration",
+        ("      command:", "      timeout: 1S\n      command:"),
+        ["18:17:", "unknown unit 'S'"],
+    ),
+    (
+        "interval too small",
+        ("interval: 1m", "interval: 100ms"),
+        ["16:15:", "interval 100ms is too small", "minimum 500ms"],
+    ),
+    (
+        "announce too small",
+        ("    interval: 1m\n", "    interval: 1m\n    announce_interval: 10s\n"),
+        ["17:24:", "announce interval 10s is too small"],
+    ),
+    ("bad template", ('"facts.name" "x" }}', '"facts.name" "x" '), ["18:", "invalid command"]),
+    ("unknown template function", ("lookup", "lookkup"), ["18:", 'function "lookkup" not defined']),
+    (
+        "state as transition",
+        ("success_transition: stop", "success_transition: unknown"),
+        [
+            "15:25:",
+            "invalid success_transition 'unknown'",
+            "is a state, not a transition",
+            "did you mean 'stop'",
+        ],
+    ),
+    (
+        "unknown transition",
+        ("success_transition: stop", "success_transition: stp"),
+        ["15:25:", "invalid success_transition 'stp'", "did you mean 'stop'"],
+    ),
+    (
+        "unknown state_match",
+        ("state_match: [running]", "state_match: [runing]"),
+        ["14:19:", "invalid state 'runing' in state_match", "did you mean 'running'"],
+    ),
+    (
+        "transition in state_match",
+        ("state_match: [running]", "state_match: [go]"),
+        ["14:19:", "'go' is a transition, not a state"],
+    ),
+    (
+        "unknown initial state",
+        ("initial_state: unknown", "initial_state: unknwn"),
+        ["3:16:", "initial state 'unknwn' is not used by any transition; did you mean 'unknown'?"],
+    ),
+    (
+        "empty transition name",
+        ("  - name: stop\n", "  - name: ''\n"),
+        ["8:5:", "transition #2 has no name"],
+    ),
+    (
+        "conflicting duplicate transition",
+        ("  - name: stop\n    from: [running]", "  - name: go\n    from: [unknown]"),
+        [
+            "9:12:",
+            "transition 'go' from state 'unknown' is defined twice with different destinations",
+        ],
+    ),
+    (
+        "duplicate watcher",
+        ("watchers:\n", "watchers:\n  - name: check\n    type: file\n    properties: {path: x}\n"),
+        ["15:11:", "duplicate watcher name 'check' (first at line 12)"],
+    ),
+    (
+        "unknown watcher type",
+        ("type: exec", "type: nagios-like"),
+        ["13:11:", "unknown watcher type 'nagios-like'"],
+    ),
+    ("missing type", ("    type: exec\n", ""), ["12:5:", "watcher 'check' has no type"]),
+    ("from not a list", ("from: [unknown]", "from: {a: 1}"), ["6:11:", "from"]),
+    (
+        "properties not a mapping",
+        (
+            '    properties:\n      command: ./check.sh --name {{ lookup "facts.name" "x" }}\n',
+            "    properties: [1]\n",
+        ),
+        ["17:17:", "properties"],
+    ),
+    (
+        "bad subscribe",
+        (
+            "    destination: running\n",
+            "    destination: running\n    subscribe:\n      - event: x\n",
+        ),
+        ["9:9:", "machine name is required on subscription for transition 'go'"],
+    ),
+    (
+        "disown with parse_as_data",
+        ("      command:", "      disown: true\n      parse_as_data: true\n      command:"),
+        ["18:15:", "cannot parse output as data while disowning child processes"],
+    ),
+    (
+        "bad env entry",
+        ("      command:", "      environment: [NOPE]\n      command:"),
+        ["18:21:", "must look like NAME=value"],
+    ),
+    (
+        "negative splay",
+        ("initial_state: unknown\n", "initial_state: unknown\nsplay_start: -5\n"),
+        ["4:14:", "splay_start"],
+    ),
+    (
+        "bad file mode",
+        (
+            "    type: exec\n    state_match: [running]\n",
+            "    type: file\n    state_match: [running]\n",
+        ),
+        ["18:7:", "unknown property 'command'"],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"), [(c, e) for _, c, e in BROKEN], ids=[n for n, _, _ in BROKEN]
+)
+def test_broken_manifests_report_file_line_col(
+    tmp_path: Path, change: str | tuple[str, str], expected: list[str]
+) -> None:
+    text = change if isinstance(change, str) else GOOD.replace(change[0], change[1], 1)
+    if isinstance(change, tuple):
+        assert text != GOOD, f"test case does not apply: {change[0]!r}"
+    manifest, diagnostics = check(tmp_path, text)
+    problems = [str(d) for d in diagnostics if d.is_error]
+    if not expected:
+        assert manifest is None and problems
+        return
+    assert manifest is None, "expected the manifest to be rejected"
+    assert any(all(part in p for part in expected) for p in problems), problems
+    for problem in problems:
+        assert problem.startswith(f"{tmp_path / 'machine.yaml'}:"), problem
+        assert "Traceback" not in problem
+
+
+def test_all_missing_fields_are_reported_at_once(tmp_path: Path) -> None:
+    manifest, diagnostics = check(tmp_path, "{}\n")
+    assert manifest is None
+    messages = [d.message for d in diagnostics]
+    assert messages == [
+        "a machine name is required",
+        "a machine version is required",
+        "an initial state is required",
+        "no transitions defined",
+        "no watchers defined",
+    ]
+
+
+def test_warnings_for_unreachable_and_dead_end_states(tmp_path: Path) -> None:
+    text = GOOD.replace(
+        "watchers:\n",
+        "  - name: lost\n    from: [island]\n    destination: nowhere\nwatchers:\n",
+    ).replace("state_match: [running]", "state_match: [island]")
+    manifest, diagnostics = check(tmp_path, text)
+    assert manifest is not None
+    warnings = [d.message for d in diagnostics if d.severity is Severity.WARNING]
+    assert "state 'island' can never be reached from 'unknown'" in warnings
+    assert "state 'nowhere' can never be reached from 'unknown'" in warnings
+    assert "watcher 'check' can never be active: none of its states can be reached" in warnings
+
+
+def test_missing_file_and_directory(tmp_path: Path) -> None:
+    manifest, diagnostics = check_manifest(tmp_path / "nope")
+    assert manifest is None
+    assert "cannot read" in diagnostics[0].message
+
+
+def test_property_keys_are_case_insensitive(tmp_path: Path) -> None:
+    manifest, diagnostics = check(
+        tmp_path, GOOD.replace("      command:", "      Timeout: 5s\n      Command:")
+    )
+    assert manifest is not None, diagnostics
+    assert manifest.properties[0].timeout == 5  # type: ignore[attr-defined]
+
+
+def test_scalar_name_where_a_list_is_expected(tmp_path: Path) -> None:
+    manifest, _ = check(tmp_path, GOOD.replace("from: [unknown]", "from: unknown"))
+    assert manifest is not None
+    assert manifest.spec.transitions[0].from_ == ["unknown"]
+
+
+def test_names_that_yaml_11_would_turn_into_booleans(tmp_path: Path) -> None:
+    text = GOOD.replace("destination: running", "destination: on").replace("[running]", "[on]")
+    text = text.replace("  - name: check", "  - name: off")
+    manifest, diagnostics = check(tmp_path, text)
+    assert manifest is not None, diagnostics
+    assert manifest.spec.watchers[0].name == "off"
+    assert "on" in manifest.spec.states()
