@@ -15,6 +15,7 @@ from machinery.agent.host import MachineGroup
 from machinery.core.clock import Clock, FakeClock
 from machinery.core.facts import Facts
 from machinery.core.machine import Machine
+from machinery.core.node import Node
 from machinery.core.notifications import (
     MachineEvent,
     TransitionNotification,
@@ -72,8 +73,7 @@ def write_machine(directory: Path, manifest: str, files: dict[str, str] | None =
     return directory
 
 
-def make_machine(
-    directory: Path,
+def make_node(
     *,
     clock: Clock | None = None,
     facts: dict[str, Any] | None = None,
@@ -82,18 +82,33 @@ def make_machine(
     identity: str = "node1.example.net",
     seed: int = 7,
     **kwargs: Any,
-) -> Machine:
-    manifest = load_manifest(directory)
-    return Machine(
-        manifest,
-        watcher_factory=default_registry().create,
+) -> Node:
+    """A node on a fake clock (unless given another) with a fixed random seed."""
+    return Node(
         identity=identity,
         clock=clock or FakeClock(),
         facts=Facts(data=facts or {}),
         notifiers=[recorder] if recorder is not None else [],
         rate_limit=rate_limit,
-        rng=random.Random(seed),
+        random=random.Random(seed),
         **kwargs,
+    )
+
+
+def make_machine(
+    directory: Path,
+    *,
+    node: Node | None = None,
+    initial_state: str | None = None,
+    **node_options: Any,
+) -> Machine:
+    """Load the machine in ``directory`` onto ``node`` (or a fresh test node)."""
+    manifest = load_manifest(directory)
+    return Machine(
+        manifest,
+        node or make_node(**node_options),
+        watcher_factory=default_registry().create,
+        initial_state=initial_state,
     )
 
 
@@ -106,6 +121,7 @@ async def running(
         group = MachineGroup()
     if group is not None:
         for machine in machines:
+            machine.node.host = group
             if machine not in list(group):
                 group.add(machine)
     tasks = [asyncio.ensure_future(m.run()) for m in machines]

@@ -13,7 +13,7 @@ from machinery.agent.host import MachineGroup
 from machinery.core.clock import FakeClock
 from machinery.core.fsm import Outcome
 from machinery.core.machine import MachineStatus
-from tests.support import Recorder, make_machine, running, wait_until, write_machine
+from tests.support import Recorder, make_machine, make_node, running, wait_until, write_machine
 
 TWO_STATES = """\
 name: lamp
@@ -180,8 +180,9 @@ watchers:
 async def test_subscriptions_and_foreign_states_across_machines(tmp_path: Path) -> None:
     recorder = Recorder()
     group = MachineGroup()
-    lamp_machine = make_machine(lamp(tmp_path), recorder=recorder)
-    follower = make_machine(write_machine(tmp_path / "follower", SUBSCRIBER), recorder=recorder)
+    node = make_node(recorder=recorder, host=group)
+    lamp_machine = make_machine(lamp(tmp_path), node=node)
+    follower = make_machine(write_machine(tmp_path / "follower", SUBSCRIBER), node=node)
     group.add(lamp_machine)
     group.add(follower)
     watcher_spec = follower.spec.watchers[0]

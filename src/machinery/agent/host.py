@@ -37,7 +37,6 @@ class MachineGroup:
 
     def add(self, machine: Machine) -> None:
         self._machines.append(machine)
-        machine.host = self
         for transition in machine.spec.transitions:
             for sub in transition.subscribe:
                 self._subscriptions[(sub.machine_name, sub.event)].append(

@@ -25,6 +25,7 @@ from machinery.core.datastore import DataStoreError
 from machinery.core.facts import Facts, FactsError
 from machinery.core.inotify import FileMonitor
 from machinery.core.machine import Machine
+from machinery.core.node import Node
 from machinery.core.notifications import Notifier
 from machinery.core.process import ProcessRunner
 from machinery.events.sinks import ConsoleNotifier, JsonLinesNotifier
@@ -89,7 +90,6 @@ async def run_machines(options: RunOptions) -> int:
     except (FactsError, ValueError) as exc:
         print(f"machinery: {exc}", file=sys.stderr)
         return 1
-    identity = options.identity or default_identity()
     notifiers: list[Notifier] = [ConsoleNotifier()]
     jsonl: JsonLinesNotifier | None = None
     if options.events:
@@ -99,22 +99,20 @@ async def run_machines(options: RunOptions) -> int:
             print(f"machinery: cannot open events file {options.events}: {exc}", file=sys.stderr)
             return 1
         notifiers.append(jsonl)
-    monitor = FileMonitor()
     group = MachineGroup()
-    runner = ProcessRunner()
+    node = Node(
+        identity=options.identity or default_identity(),
+        clock=options.clock,
+        facts=facts,
+        runner=ProcessRunner(),
+        notifiers=notifiers,
+        host=group,
+        file_monitor=FileMonitor(),
+        rate_limit=options.rate_limit,
+    )
     machines = []
     for manifest in manifests:
-        machine = Machine(
-            manifest,
-            watcher_factory=registry.create,
-            identity=identity,
-            clock=options.clock,
-            facts=facts,
-            notifiers=notifiers,
-            runner=runner,
-            rate_limit=options.rate_limit,
-            file_monitor=monitor,
-        )
+        machine = Machine(manifest, node, watcher_factory=registry.create)
         try:
             machine.data.update(initial_data)
         except DataStoreError as exc:
@@ -146,7 +144,8 @@ async def run_machines(options: RunOptions) -> int:
             with contextlib.suppress(ValueError, RuntimeError):
                 loop.remove_signal_handler(signum)
         await group.aclose()
-        monitor.close()
+        if node.file_monitor is not None:
+            node.file_monitor.close()
         if jsonl is not None:
             jsonl.close()
     return 0

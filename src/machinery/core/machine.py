@@ -13,23 +13,23 @@ import enum
 import logging
 import random
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from machinery.core.clock import Clock, SystemClock
+from machinery.core.clock import Clock
 from machinery.core.datastore import DATA_FILE_NAME, DataStore
 from machinery.core.facts import Facts
 from machinery.core.fsm import FSM, FireResult, Outcome
 from machinery.core.inotify import FileMonitor
+from machinery.core.node import Node
 from machinery.core.notifications import (
     MachineEvent,
-    Notifier,
     TransitionNotification,
     WatcherStateNotification,
 )
-from machinery.core.process import CommandRunner, ProcessRunner
+from machinery.core.process import CommandRunner
 from machinery.core.ratelimit import RateLimiter
 from machinery.lang.gjson import lookup as gjson_lookup
 from machinery.lang.template import STANDARD_FUNCTIONS, Template
@@ -116,32 +116,17 @@ class Machine:
     def __init__(
         self,
         manifest: Manifest,
+        node: Node,
         *,
         watcher_factory: WatcherFactory,
-        identity: str = "unknown",
-        clock: Clock | None = None,
-        facts: Facts | None = None,
         data: DataStore | None = None,
-        notifiers: Iterable[Notifier] = (),
-        runner: CommandRunner | None = None,
-        host: MachineHost | None = None,
-        rate_limit: bool = True,
-        rng: random.Random | None = None,
         initial_state: str | None = None,
-        file_monitor: FileMonitor | None = None,
     ) -> None:
         self.manifest = manifest
         self.spec = manifest.spec
+        self.node = node
         self.directory: Path = manifest.directory
-        self.identity = identity or "unknown"
-        self.clock = clock or SystemClock()
-        self.facts = facts or Facts()
         self.data = data if data is not None else DataStore(self.directory / DATA_FILE_NAME)
-        self.notifiers: list[Notifier] = list(notifiers)
-        self.runner: CommandRunner = runner or ProcessRunner()
-        self.host = host
-        self.random = rng or random.Random()
-        self.file_monitor = file_monitor
         self.instance_id = str(uuid.uuid4())
         self.fsm = FSM(
             self.spec.initial_state,
@@ -149,10 +134,10 @@ class Machine:
         )
         if initial_state is not None:
             self.fsm.force_state(initial_state)
-        self.rate_limiter = RateLimiter(self.clock, enabled=rate_limit, rng=self.random)
+        self.rate_limiter = RateLimiter(node.clock, enabled=node.rate_limit, rng=node.random)
         self.status = MachineStatus.LOADED
         self.start_time: float | None = None
-        self.state_entered: float = self.clock.now()
+        self.state_entered: float = node.clock.now()
         self.transitions_total = 0
         self._lock = asyncio.Lock()
         self._watcher_factory = watcher_factory
@@ -162,6 +147,36 @@ class Machine:
         self._functions["lookup"] = self._lookup
         if self.data.load_warning:
             self.log_warning("machine", self.data.load_warning)
+
+    # What watchers use most, named for convenience.
+
+    @property
+    def clock(self) -> Clock:
+        return self.node.clock
+
+    @property
+    def identity(self) -> str:
+        return self.node.identity or "unknown"
+
+    @property
+    def facts(self) -> Facts:
+        return self.node.facts
+
+    @property
+    def runner(self) -> CommandRunner:
+        return self.node.runner
+
+    @property
+    def random(self) -> random.Random:
+        return self.node.random
+
+    @property
+    def host(self) -> MachineHost | None:
+        return self.node.host
+
+    @property
+    def file_monitor(self) -> FileMonitor | None:
+        return self.node.file_monitor
 
     # -- identity ------------------------------------------------------------------------
 
@@ -303,8 +318,9 @@ class Machine:
             from_state=result.source,
             to_state=result.destination,
         )
-        if self.host is not None:
-            self.host.transitioned(self, notification)
+        host = self.node.host
+        if host is not None:
+            host.transitioned(self, notification)
         for watcher in self.watchers:
             watcher.notify_state_change()
         self._emit(notification)
@@ -314,7 +330,7 @@ class Machine:
         self._emit(state)
 
     def _emit(self, event: MachineEvent) -> None:
-        for notifier in self.notifiers:
+        for notifier in self.node.notifiers:
             try:
                 notifier.notify(event)
             except Exception:
@@ -326,8 +342,9 @@ class Machine:
         """Choria's base activation rule (spec 1.8): state_match AND foreign states."""
         if spec.state_match and self.state not in spec.state_match:
             return False
+        host = self.node.host
         for required in spec.foreign_state_required:
-            if self.host is None or self.host.lookup_state(required.machine_name) != required.state:
+            if host is None or host.lookup_state(required.machine_name) != required.state:
                 return False
         return True
 
