@@ -89,6 +89,7 @@ def run(
 ) -> None:
     """Run machines in the foreground until interrupted (SIGINT/SIGTERM stop them cleanly)."""
     from machinery.agent.run import RunOptions, run_machines
+    from machinery.core.loop import install_child_watcher
 
     setup_logging(log_level)
     for directory in directories:
@@ -103,6 +104,7 @@ def run(
         events=events,
         rate_limit=not no_rate_limit,
     )
+    install_child_watcher()
     raise typer.Exit(asyncio.run(run_machines(options)))
 
 

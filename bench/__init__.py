@@ -1,0 +1,1 @@
+"""machinery's benchmarks: ``python -m bench`` (or ``make bench``)."""

@@ -1,0 +1,91 @@
+"""Run the benchmarks and write ``bench/results.md``.
+
+python -m bench            # full sizes, targets checked
+python -m bench --quick    # small sizes, to prove the benchmarks still run (used by tests)
+python -m bench fsm exec   # only some scenarios
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+from bench.common import Result
+from machinery.core.loop import install_child_watcher
+
+SCENARIOS = {
+    "fsm": "bench.fsm",
+    "exec": "bench.exec_overhead",
+    "file": "bench.file_latency",
+}
+
+
+def machine_description() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, {platform.system()} {platform.release()}"
+
+
+def render(results: list[Result], quick: bool, elapsed: float) -> str:
+    lines = [
+        "# Benchmark results",
+        "",
+        f"- machine: {machine_description()}",
+        f"- command: `python -m bench{' --quick' if quick else ''}` ({elapsed:.0f} s)",
+        f"- date: {time.strftime('%Y-%m-%d %H:%M')}",
+        "",
+        "| scenario | result | target | met |",
+        "|---|---|---|---|",
+    ]
+    for r in results:
+        met = "n/a" if r.met is None else ("yes" if r.met else "**no**")
+        lines.append(f"| {r.scenario} | {r.figure} | {r.target} | {met} |")
+    lines.append("")
+    lines.append("Details:")
+    lines.append("")
+    for r in results:
+        lines.append(f"- {r.scenario}: " + ", ".join(f"{k}={v}" for k, v in r.details.items()))
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench")
+    parser.add_argument(
+        "scenarios", nargs="*", choices=[*SCENARIOS, []], help="which to run (default: all)"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="small sizes; targets reported, not enforced"
+    )
+    parser.add_argument("--output", default=str(Path(__file__).parent / "results.md"))
+    args = parser.parse_args(argv)
+    names = args.scenarios or list(SCENARIOS)
+    install_child_watcher()  # as every machinery entry point does
+    started = time.monotonic()
+    results = []
+    for name in names:
+        module = importlib.import_module(SCENARIOS[name])
+        print(f"running {name}...", file=sys.stderr, flush=True)
+        result: Result = module.run(args.quick)
+        met = "n/a" if result.met is None else ("met" if result.met else "MISSED")
+        print(f"  {result.scenario}: {result.figure} (target {result.target}: {met})", flush=True)
+        results.append(result)
+    text = render(results, args.quick, time.monotonic() - started)
+    if not args.quick:
+        Path(args.output).write_text(text)
+        print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,22 @@
+"""The benchmarks in quick mode: they must keep running (targets are not asserted here)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_benchmarks_run_in_quick_mode() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    for scenario in ("1. bare FSM", "3. exec watcher", "4a. file change"):
+        assert scenario in result.stdout, result.stdout
