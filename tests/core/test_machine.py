@@ -192,3 +192,38 @@ async def test_subscriptions_and_foreign_states_across_machines(tmp_path: Path) 
     assert follower.should_watch(watcher_spec)
     assert ("follow", "idle", "following") in recorder.transitions()
     await group.aclose()
+
+
+ANNOUNCER = """\
+name: announcer
+version: 1.0.0
+initial_state: a
+transitions:
+  - name: go
+    from: [a]
+    destination: b
+watchers:
+  - name: quiet
+    type: exec
+    state_match: [b]
+    announce_interval: 1m
+    properties:
+      command: /bin/true
+"""
+
+
+async def test_announce_interval_publishes_state_whatever_the_machine_state(tmp_path: Path) -> None:
+    recorder = Recorder()
+    clock = FakeClock()
+    machine = make_machine(
+        write_machine(tmp_path / "announcer", ANNOUNCER), clock=clock, recorder=recorder
+    )
+    async with running(machine):
+        await clock.advance(59)
+        assert recorder.states() == []
+        await clock.advance(1)
+        await clock.advance(60)
+    states = recorder.states("quiet")
+    assert len(states) == 2
+    assert states[0].payload["previous_outcome"] == "unknown"
+    assert states[0].payload["timestamp"] == int(clock.now()) - 60

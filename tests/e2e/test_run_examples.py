@@ -106,9 +106,9 @@ def run_example(tmp_path: Path) -> Iterator[Any]:
             run.process.wait()
 
 
-def stop(run: Run) -> float:
+def stop(run: Run, signum: int = signal.SIGTERM) -> float:
     started = time.monotonic()
-    run.process.send_signal(signal.SIGTERM)
+    run.process.send_signal(signum)
     code = run.process.wait(timeout=10)
     elapsed = time.monotonic() - started
     assert code == 0, run.log_file.read_text()
@@ -226,7 +226,7 @@ def test_container_manager_deploys_and_rolls_out_a_new_tag(run_example: Any) -> 
     manifest["tag"] = "v2"
     (manager / "manifest.json").write_text(json.dumps(manifest))
     run.wait_for(4)
-    stop(run)
+    assert stop(run, signal.SIGINT) < 2
     assert run.transitions() == [
         ("ContainerManager", "absent", "unknown", "deploy"),
         ("ContainerManager", "deployed", "deploy", "monitor"),
@@ -252,3 +252,87 @@ def test_invalid_machine_is_reported_and_nothing_runs(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert f"{machine / 'machine.yaml'}:1:1: no transitions defined" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+FACTS_MACHINE = """\
+name: greeter
+version: 1.0.0
+initial_state: waiting
+transitions:
+  - name: greeted
+    from: [waiting]
+    destination: done
+watchers:
+  - name: trigger
+    type: file
+    success_transition: greeted
+    state_match: [waiting]
+    properties:
+      path: go
+  - name: greet
+    type: exec
+    state_match: [done]
+    properties:
+      command: ./greet.sh {{ lookup "facts.greeting" "none" }} {{ lookup "data.who" "nobody" }}
+"""
+
+
+def test_run_with_facts_and_data_files(tmp_path: Path) -> None:
+    machine = tmp_path / "greeter"
+    machine.mkdir()
+    (machine / "machine.yaml").write_text(FACTS_MACHINE)
+    (machine / "greet.sh").write_text('#!/bin/sh\nprintf "%s|%s" "$1" "$2" > greeting\n')
+    (machine / "greet.sh").chmod(0o755)
+    (tmp_path / "facts.json").write_text('{"greeting": "hello there"}')
+    (tmp_path / "data.json").write_text('{"who": "operator"}')
+    log = tmp_path / "run.log"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "machinery",
+            "run",
+            str(machine),
+            "--facts",
+            str(tmp_path / "facts.json"),
+            "--data",
+            str(tmp_path / "data.json"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=open(log, "wb"),
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while "Starting Choria Machine" not in log.read_text():
+            assert time.monotonic() < deadline and process.poll() is None, log.read_text()
+            time.sleep(0.02)
+        (machine / "go").write_text("now")
+        while not (machine / "greeting").exists():
+            assert time.monotonic() < deadline and process.poll() is None, log.read_text()
+            time.sleep(0.02)
+        assert (machine / "greeting").read_text() == "hello there|operator"
+        assert json.loads((machine / "machine_data.json").read_text()) == {"who": "operator"}
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=10) == 0
+
+
+def test_run_refuses_bad_facts(tmp_path: Path) -> None:
+    shutil.copytree(ROOT / "examples" / "hvac", tmp_path / "hvac")
+    (tmp_path / "facts.json").write_text("[1, 2]")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "machinery",
+            "run",
+            str(tmp_path / "hvac"),
+            "--facts",
+            str(tmp_path / "facts.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 1
+    assert "must hold a JSON object" in result.stderr

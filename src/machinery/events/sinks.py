@@ -42,7 +42,8 @@ class JsonLinesNotifier:
             self._stream = sys.stdout.buffer
             self._owned = False
         else:
-            self._stream = open(self.target, "ab")  # noqa: SIM115 - closed in close()
+            # Unbuffered: lines are already batched, and a failed write must fail here.
+            self._stream = open(self.target, "ab", buffering=0)  # noqa: SIM115 - closed in close()
             self._owned = True
         self._buffer: list[str] = []
         self._scheduled = False
@@ -76,4 +77,7 @@ class JsonLinesNotifier:
     def close(self) -> None:
         self.flush()
         if self._owned:
-            self._stream.close()
+            try:
+                self._stream.close()
+            except OSError as exc:
+                events_log.error("could not close %s: %s", self.target, exc)

@@ -1,0 +1,122 @@
+"""CloudEvents in Choria's exact shape, and reading them back."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from machinery.core.notifications import TransitionNotification, WatcherStateNotification
+from machinery.events.cloudevents import (
+    CloudEventError,
+    decode_cloudevent,
+    encode_cloudevent,
+    go_json,
+)
+from machinery.events.sinks import JsonLinesNotifier
+from machinery.events.text import console_line, watch_line
+
+TRANSITION = TransitionNotification(
+    identity="web1",
+    id="d8d1f4b2-0d0e-4f4e-9a51-4b7f0f1e2a3b",
+    version="1.0.0",
+    timestamp=1606924953,
+    machine="HVAC",
+    transition="air_bad",
+    from_state="idle",
+    to_state="running",
+)
+
+
+def test_transition_cloudevent_is_byte_for_byte_choria() -> None:
+    text = encode_cloudevent(TRANSITION, event_id="8b2bb08e-1b59-4a3d-9b89-d3b5f6c2e1aa")
+    assert text == (
+        '{"specversion":"1.0","id":"8b2bb08e-1b59-4a3d-9b89-d3b5f6c2e1aa","source":"io.choria.machine",'
+        '"type":"io.choria.machine.v1.transition","subject":"web1","datacontenttype":"application/json",'
+        '"time":"2020-12-02T16:02:33Z","data":{"protocol":"io.choria.machine.v1.transition",'
+        '"identity":"web1","id":"d8d1f4b2-0d0e-4f4e-9a51-4b7f0f1e2a3b","version":"1.0.0",'
+        '"timestamp":1606924953,"machine":"HVAC","transition":"air_bad","from_state":"idle","to_state":"running"}}'
+    )
+
+
+def test_go_json_escapes_html_characters_and_keeps_utf8() -> None:
+    assert (
+        go_json({"a": "<b>&</b> é \u2028"})
+        == '{"a":"\\u003cb\\u003e\\u0026\\u003c/b\\u003e é \\u2028"}'
+    )
+
+
+def test_round_trip_transition_and_watcher_state() -> None:
+    assert decode_cloudevent(encode_cloudevent(TRANSITION)) == TRANSITION
+    payload = {
+        "protocol": "io.choria.machine.watcher.exec.v1.state",
+        "identity": "web1",
+        "id": "x",
+        "version": "1.0.0",
+        "timestamp": 1606924953,
+        "type": "exec",
+        "machine": "HVAC",
+        "name": "monitor",
+        "command": "monitor.sh",
+        "previous_outcome": "success",
+        "previous_run_time": 6000000,
+    }
+    state = WatcherStateNotification("exec", payload, "ignored")
+    decoded = decode_cloudevent(encode_cloudevent(state))
+    assert isinstance(decoded, WatcherStateNotification)
+    assert decoded.payload == payload
+    assert decoded.text == "web1 HVAC#monitor command: monitor.sh, previous: success ran: 0.006s"
+
+
+def test_decode_accepts_pre_cloudevents_bare_data() -> None:
+    decoded = decode_cloudevent(json.dumps(TRANSITION.data()))
+    assert decoded == TRANSITION
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("not json", "not JSON"),
+        ("[1]", "not a JSON object"),
+        ('{"specversion": "1.0", "data": 5}', "not an object"),
+        ('{"protocol": "io.other.v1"}', 'unknown event type "io.other.v1"'),
+        ('{"protocol": "io.choria.machine.watcher..v1.state"}', "invalid watcher type"),
+    ],
+)
+def test_decode_rejects_garbage_clearly(text: str, message: str) -> None:
+    with pytest.raises(CloudEventError, match=message):
+        decode_cloudevent(text)
+
+
+def test_console_and_watch_lines() -> None:
+    assert console_line(TRANSITION) == "HVAC transitioned via event air_bad: idle => running"
+    assert TRANSITION.describe() == "web1 HVAC transitioned via event air_bad: idle => running"
+    assert (
+        watch_line(TRANSITION, local_time=False)
+        == "[16:02:33] web1 HVAC transitioned via event air_bad: idle => running"
+    )
+
+
+async def test_json_lines_sink_batches_within_a_loop_turn(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    sink = JsonLinesNotifier(path)
+    for _ in range(100):
+        sink.notify(TRANSITION)
+    assert path.read_text() == ""  # written once, after this turn of the loop
+    await asyncio.sleep(0)
+    lines = path.read_text().splitlines()
+    assert len(lines) == 100 and sink.written == 100
+    assert len({json.loads(line)["id"] for line in lines}) == 100
+    sink.close()
+
+
+def test_json_lines_sink_write_errors_are_logged_not_raised(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    sink = JsonLinesNotifier("/dev/full")
+    sink.notify(TRANSITION)  # no running loop: flushed at once
+    assert sink.errors == 1
+    assert "could not write 1 events to /dev/full" in caplog.text
+    sink.close()
