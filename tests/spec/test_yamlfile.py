@@ -99,3 +99,14 @@ def test_empty_file_is_no_data_and_no_error() -> None:
 def test_nul_bytes_and_huge_files_are_refused() -> None:
     assert "NUL" in load_yaml("a: \x00", "m.yaml").diagnostics[0].message
     assert "larger than" in load_yaml("#" * (5 * 1024 * 1024), "m.yaml").diagnostics[0].message
+
+
+def test_folded_scalars_have_no_fold_markers() -> None:
+    doc = load_yaml("a: >-\n  one two\n  three\n", "m.yaml")
+    assert doc.data == {"a": "one two three"}
+
+
+def test_block_scalar_positions_use_the_block_indent() -> None:
+    doc = load_yaml("b: |\n  first\n    deeper {{\n", "m.yaml")
+    # "deeper {{" starts at offset 6 ("first\n"); its text starts 2 columns into the line.
+    assert doc.position_in_scalar(("b",), 6 + 2) == Position(3, 5)

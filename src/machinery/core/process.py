@@ -169,10 +169,10 @@ class ProcessRunner:
         timed_out = False
         try:
             try:
-                if request.timeout is None:
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
+                # cancellation that arrives as the process exits, and the machine never stops.
+                async with asyncio.timeout(request.timeout):
                     code = await process.wait()
-                else:
-                    code = await asyncio.wait_for(process.wait(), request.timeout)
             except TimeoutError:
                 timed_out = True
                 self.timeouts += 1
@@ -182,7 +182,8 @@ class ProcessRunner:
             _signal_group(process.pid, signal.SIGKILL)
             if reader is not None:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(reader), _DRAIN_AFTER_EXIT)
+                    async with asyncio.timeout(_DRAIN_AFTER_EXIT):
+                        await asyncio.shield(reader)
         except asyncio.CancelledError:
             await asyncio.shield(self._kill_group(process))
             raise
@@ -209,13 +210,13 @@ class ProcessRunner:
         if process.returncode is None:
             self.kills += 1
         _signal_group(process.pid, signal.SIGTERM)
-        try:
-            await asyncio.wait_for(process.wait(), self.kill_grace)
-        except TimeoutError:
-            pass
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.kill_grace):
+                await process.wait()
         _signal_group(process.pid, signal.SIGKILL)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(process.wait(), self.kill_grace)
+            async with asyncio.timeout(self.kill_grace):
+                await process.wait()
 
 
 def _signal_group(pgid: int, signum: int) -> None:

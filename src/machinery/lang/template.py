@@ -491,10 +491,16 @@ class _Variable:
 class _State:
     """Everything one render needs: output, variables, functions and the limits' counters."""
 
-    __slots__ = ("functions", "iterations", "out", "size", "variables")
+    __slots__ = ("escape", "functions", "iterations", "out", "size", "variables")
 
-    def __init__(self, functions: Mapping[str, Callable[..., object]], dot: object) -> None:
+    def __init__(
+        self,
+        functions: Mapping[str, Callable[..., object]],
+        dot: object,
+        escape: Callable[[str], str] | None = None,
+    ) -> None:
         self.functions = functions
+        self.escape = escape
         self.out: list[str] = []
         self.size = 0
         self.variables = [_Variable("$", dot)]
@@ -827,6 +833,8 @@ class _Action(_Node):
                 text = _printable(value)
             except RecursionError:
                 raise TemplateError("value nested too deeply to print", self.pos) from None
+            if st.escape is not None:
+                text = st.escape(text)
             st.write(text, self.pos)
 
 
@@ -1585,16 +1593,23 @@ class Template:
         texts = [node.text for node in nodes if isinstance(node, _Text)]
         self._constant = "".join(texts) if len(texts) == len(nodes) else None
 
-    def render(self, dot: object, functions: Mapping[str, Callable[..., object]]) -> str:
+    def render(
+        self,
+        dot: object,
+        functions: Mapping[str, Callable[..., object]],
+        escape: Callable[[str], str] | None = None,
+    ) -> str:
         """Render with *dot* as ``.`` (and ``$``).
 
         *functions* maps names to callables; names it lacks fall back to
         :data:`STANDARD_FUNCTIONS`, so a caller usually passes just ``{"lookup": ...}``.
+        *escape*, when given, is applied to the printed value of every action but not to the
+        literal text, as Go's ``html/template`` escapes interpolated values.
         Raises :class:`TemplateError` when execution fails or exceeds a limit.
         """
         if self._constant is not None:
             return self._constant
-        st = _State(functions, dot)
+        st = _State(functions, dot, escape)
         for node in self._nodes:
             node.run(st, dot)
         return "".join(st.out)

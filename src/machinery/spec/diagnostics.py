@@ -67,9 +67,10 @@ class ManifestError(Exception):
         return [d for d in self.diagnostics if d.is_error]
 
 
-def did_you_mean(word: str, candidates: Iterable[str]) -> str:
+def did_you_mean(word: str, candidates: Iterable[str], cutoff: float = 0.6) -> str:
     """A ``; did you mean X?`` suffix naming the closest candidate, or an empty string."""
-    matches = difflib.get_close_matches(word, sorted(set(candidates)), n=1, cutoff=0.6)
+    candidates = list(candidates)
+    matches = difflib.get_close_matches(word, sorted(set(candidates)), n=1, cutoff=cutoff)
     if not matches:
         lowered = {c.lower(): c for c in candidates}
         if word.lower() in lowered:

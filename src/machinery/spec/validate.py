@@ -488,7 +488,7 @@ class _Checker:
             self.report(
                 (*path, "type"),
                 f"unknown watcher type {watcher.type!r}"
-                f"{did_you_mean(watcher.type, self.kinds) or f' (known types: {known})'}",
+                f"{did_you_mean(watcher.type, self.kinds, cutoff=0.8) or f' (known types: {known})'}",
             )
         return kind
 

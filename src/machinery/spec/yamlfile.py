@@ -74,11 +74,16 @@ class YamlDocument:
             before = value[: max(offset, 0)]
             line = start.line + 1 + before.count("\n")
             column = len(before) - (before.rfind("\n") + 1)
-            source = self.lines[line - 1] if 0 < line <= len(self.lines) else ""
-            indent = len(source) - len(source.lstrip(" "))
-            return Position(line, indent + column + 1)
+            return Position(line, self._block_indent(start.line) + column + 1)
         text_offset = offset + (1 if info.style in ('"', "'") else 0)
         return Position(start.line, start.column + max(text_offset, 0))
+
+    def _block_indent(self, indicator_line: int) -> int:
+        """The indentation of a block scalar: that of its first non-empty line."""
+        for source in self.lines[indicator_line:]:
+            if source.strip():
+                return len(source) - len(source.lstrip(" "))
+        return 0
 
     def _scalar_text(self, path: Path) -> str:
         value: Any = self.data
@@ -303,6 +308,9 @@ def _format_key(key: Any) -> str:
 def _scalar(node: ScalarNode) -> Any:
     tag = str(node.tag)
     value: str = node.value
+    if node.style == ">":
+        # ruamel's composer marks fold points with BEL for round-tripping; they are not text.
+        value = value.replace("\a", "")
     if not tag.startswith(_TAG) or node.style is not None:
         return value
     kind = tag[len(_TAG) :]
