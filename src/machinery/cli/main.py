@@ -180,6 +180,217 @@ def schema() -> None:
     typer.echo(json.dumps(machine_schema(default_registry().kinds), indent=2, sort_keys=False))
 
 
+@app.command()
+def agent(
+    config: Annotated[
+        Path | None, typer.Option(help="Configuration file (machinery.toml).")
+    ] = None,
+    store: Annotated[Path | None, typer.Option(help="Directory of machine directories.")] = None,
+    state_dir: Annotated[Path | None, typer.Option(help="Where the agent keeps its state.")] = None,
+    identity: Annotated[str | None, typer.Option(help="Node identity (default: the FQDN).")] = None,
+    facts: Annotated[Path | None, typer.Option(help="JSON facts file.")] = None,
+    listen: Annotated[str | None, typer.Option(help="HTTP API address, HOST:PORT.")] = None,
+    nats: Annotated[str | None, typer.Option(help="NATS server URLs, comma separated.")] = None,
+    log_level: Annotated[str | None, typer.Option(help="debug, info, warning or error.")] = None,
+    print_config: Annotated[
+        bool, typer.Option("--print-config", help="Show the effective settings and exit.")
+    ] = False,
+) -> None:
+    """Run the agent: every machine of a store, hot-reloaded, with the HTTP API."""
+    from machinery.agent.config import ConfigError, load_settings
+    from machinery.agent.daemon import run_agent
+
+    flags = {
+        "store": store,
+        "state_dir": state_dir,
+        "identity": identity,
+        "facts": facts,
+        "http.listen": listen,
+        "nats.servers": nats,
+        "log_level": log_level,
+    }
+    if print_config:
+        try:
+            loaded = load_settings(config, flags)
+        except ConfigError as exc:
+            typer.echo(f"machinery agent: {exc}", err=True)
+            raise typer.Exit(2) from None
+        _print_settings(loaded.describe())
+        raise typer.Exit(0)
+    raise typer.Exit(run_agent(config, flags))
+
+
+def _print_settings(rows: list[tuple[str, object, str]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from machinery.lang.duration import format_go_duration
+
+    table = Table("setting", "value", "from", box=None, pad_edge=False)
+    for name, value, source in rows:
+        if name.endswith(("password", "token")) and value:
+            value = "***"
+        elif name.endswith(("interval", "delay", "max_age")) and isinstance(value, (int, float)):
+            value = format_go_duration(value)
+        table.add_row(name, "" if value is None else str(value), source)
+    Console(width=200).print(table)
+
+
+AgentOption = Annotated[
+    str | None, typer.Option("--agent", help="Agent URL (default: the local agent).")
+]
+TokenOption = Annotated[
+    Path | None, typer.Option("--token-file", help="File holding the API bearer token.")
+]
+FormatOption = Annotated[OutputFormat, typer.Option("--format", help="text or json.")]
+
+
+def _client(agent_url: str | None, token_file: Path | None = None):  # type: ignore[no-untyped-def]
+    from machinery.cli.client import AgentClient
+
+    return AgentClient(agent_url, token_file)
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"machinery: {message}", err=True)
+    return typer.Exit(1)
+
+
+@app.command()
+def status(
+    machine: Annotated[str | None, typer.Argument(help="Only this machine.")] = None,
+    agent_url: AgentOption = None,
+    format: FormatOption = OutputFormat.text,
+) -> None:
+    """Show the machines of a running agent."""
+    from machinery.cli.client import ClientError
+
+    try:
+        with _client(agent_url) as client:
+            machines = [client.machine(machine)] if machine else client.machines()
+    except ClientError as exc:
+        raise _fail(str(exc)) from None
+    if format is OutputFormat.json:
+        typer.echo(json.dumps(machines, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("machine", "version", "status", "state", "since", "transitions", box=None)
+    for entry in machines:
+        since = ""
+        if entry.get("start_time", 0) and entry["start_time"] > 0:
+            import time as _time
+
+            since = _time.strftime("%Y-%m-%d %H:%M:%S", _time.localtime(entry["start_time"]))
+        table.add_row(
+            entry["name"],
+            entry.get("version") or "",
+            entry["status"],
+            entry.get("state") or "",
+            since,
+            ", ".join(entry.get("available_transitions") or []),
+        )
+    console = Console(width=200)
+    console.print(table)
+    for entry in machines:
+        for error in entry.get("errors") or []:
+            console.print(f"[red]{entry['name']}[/red]: {error}", highlight=False)
+
+
+@app.command()
+def transition(
+    machine: Annotated[str, typer.Argument(help="Machine name.")],
+    event: Annotated[str, typer.Argument(help="Transition (event) to fire.")],
+    agent_url: AgentOption = None,
+    token_file: TokenOption = None,
+    format: FormatOption = OutputFormat.text,
+) -> None:
+    """Fire a transition on a machine of a running agent."""
+    from machinery.cli.client import ClientError
+
+    try:
+        with _client(agent_url, token_file) as client:
+            result = client.transition(machine, event)
+    except ClientError as exc:
+        raise _fail(str(exc)) from None
+    if format is OutputFormat.json:
+        typer.echo(json.dumps(result, indent=2))
+    elif result["changed"]:
+        typer.echo(f"{machine}: {result['from_state']} => {result['to_state']} via {event}")
+    else:
+        typer.echo(f"{machine}: {event} is valid in {result['from_state']} and changes nothing")
+
+
+@app.command()
+def history(
+    machine: Annotated[str, typer.Argument(help="Machine name.")],
+    limit: Annotated[int, typer.Option(help="How many transitions.")] = 20,
+    agent_url: AgentOption = None,
+    format: FormatOption = OutputFormat.text,
+) -> None:
+    """Show a machine's recent transitions (newest first)."""
+    import time as _time
+
+    from machinery.cli.client import ClientError
+
+    try:
+        with _client(agent_url) as client:
+            rows = client.history(machine, limit)
+    except ClientError as exc:
+        raise _fail(str(exc)) from None
+    if format is OutputFormat.json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("time", "transition", "from", "to", box=None)
+    for row in rows:
+        stamp = _time.strftime("%Y-%m-%d %H:%M:%S", _time.localtime(row["timestamp"]))
+        table.add_row(stamp, row["transition"], row["from_state"], row["to_state"])
+    Console(width=200).print(table)
+
+
+@app.command()
+def watch(
+    agent_url: AgentOption = None,
+    events_file: Annotated[
+        Path | None, typer.Option("--events-file", help="Follow a CloudEvents JSON-lines file.")
+    ] = None,
+    transitions: Annotated[bool, typer.Option("--transitions", help="Only transitions.")] = False,
+    watchers: Annotated[bool, typer.Option("--watchers", help="Only watcher states.")] = False,
+    type: Annotated[
+        list[str] | None, typer.Option("--type", help="Watcher types to show (repeatable).")
+    ] = None,
+    machine: Annotated[str | None, typer.Option(help="Machine name contains this.")] = None,
+    identity: Annotated[str | None, typer.Option(help="Node identity contains this.")] = None,
+    format: FormatOption = OutputFormat.text,
+    from_start: Annotated[
+        bool, typer.Option("--from-start", help="With --events-file: print existing events first.")
+    ] = False,
+) -> None:
+    """Follow machine events live, in Choria's one-line format."""
+    from machinery.cli.watch import EventFilter, follow
+
+    selected = EventFilter(
+        transitions=transitions or not watchers,
+        watchers=watchers or not transitions,
+        types=set(type or []),
+        machine=machine,
+        identity=identity,
+    )
+    raise typer.Exit(
+        follow(
+            selected,
+            agent_url=agent_url,
+            events_file=events_file,
+            as_json=format is OutputFormat.json,
+            from_start=from_start,
+        )
+    )
+
+
 def main() -> None:
     """Console script entry point."""
     app()

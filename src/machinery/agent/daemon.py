@@ -1,0 +1,331 @@
+"""``machinery agent``: the long-running daemon.
+
+It owns, for its lifetime: the state database and its writer, the event bus and its sinks, the
+store manager (and through it every machine), and the HTTP server, all in one asyncio loop.
+SIGTERM and SIGINT stop everything (machines stopped, commands killed, state flushed); SIGHUP
+re-reads the configuration and rescans the store.
+
+Exit codes: 0 stopped cleanly, 1 could not start or failed while running, 2 invalid settings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from machinery import __version__
+from machinery.agent.config import ConfigError, LoadedSettings, Settings, load_settings
+from machinery.agent.host import MachineGroup
+from machinery.agent.state import StateDB, StateWriter
+from machinery.agent.store import StoreManager
+from machinery.core.facts import Facts, FactsError
+from machinery.core.inotify import FileMonitor
+from machinery.core.machine import Machine
+from machinery.core.node import Node
+from machinery.core.process import ProcessRunner
+from machinery.events.bus import EventBus
+from machinery.events.sinks import ConsoleNotifier
+from machinery.spec.validate import Manifest
+from machinery.watchers.registry import WatcherRegistry, default_registry
+
+__all__ = ["AGENT_FILE", "Agent", "AgentError"]
+
+AGENT_FILE = "agent.json"
+
+log = logging.getLogger("machinery.agent")
+
+
+class AgentError(Exception):
+    """The agent cannot start."""
+
+
+class Agent:
+    """The daemon; ``await agent.run()`` until stopped."""
+
+    def __init__(
+        self,
+        loaded: LoadedSettings,
+        *,
+        registry: WatcherRegistry | None = None,
+        reload_settings: Callable[[], LoadedSettings] | None = None,
+        install_signals: bool = True,
+    ) -> None:
+        self.loaded = loaded
+        self.settings: Settings = loaded.settings
+        if self.settings.store is None:
+            raise ConfigError("no machine store: set store (--store, MACHINERY_STORE or the file)")
+        self.registry = registry or default_registry()
+        self._reload_settings = reload_settings
+        self._install_signals = install_signals
+        self.started = time.time()
+        self.bus = EventBus(max_subscribers=self.settings.http.max_sse_clients)
+        self.group = MachineGroup()
+        self.db: StateDB | None = None
+        self.writer: StateWriter | None = None
+        self.store: StoreManager | None = None
+        self.node: Node | None = None
+        self.http_url: str | None = None
+        self.token: str | None = None
+        self._stop = asyncio.Event()
+        self._http_server: Any = None
+
+    # -- the run ------------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        settings = self.settings
+        assert settings.store is not None
+        try:
+            facts = Facts.from_file(settings.facts) if settings.facts else Facts()
+            self.token = self._read_token()
+            sock = self._bind_http() if settings.http.enabled else None
+        except (FactsError, ConfigError) as exc:
+            raise AgentError(str(exc)) from exc
+        try:
+            self.db = StateDB(settings.state_dir)
+        except (OSError, sqlite3.Error) as exc:
+            if sock is not None:
+                sock.close()
+            raise AgentError(
+                f"cannot open the state database in {settings.state_dir}: {exc}"
+            ) from exc
+        self.writer = StateWriter(
+            self.db,
+            max_per_machine=settings.history.max_per_machine,
+            max_age=settings.history.max_age,
+            manifest_sha=lambda name: self.store.manifest_sha(name) if self.store else None,
+        )
+        monitor = FileMonitor()
+        self.node = Node(
+            identity=settings.identity,
+            facts=facts,
+            runner=ProcessRunner(),
+            notifiers=[self.bus],
+            host=self.group,
+            file_monitor=monitor,
+            rate_limit=settings.rate_limit,
+            textfile_directory=settings.textfile_directory,
+            overrides_file=settings.overrides_file,
+        )
+        self.node.provide("agent-status", self)
+        self.bus.add_sink(ConsoleNotifier())
+        self.bus.add_sink(self.writer)
+        resume = await asyncio.to_thread(self.db.last_states) if settings.resume_state else {}
+        self.store = StoreManager(
+            settings.store,
+            self.node,
+            self.registry,
+            self.group,
+            settle_delay=settings.settle_delay,
+            rescan_interval=settings.rescan_interval,
+            check_permissions=settings.check_permissions,
+            resume=resume,
+            on_started=self._machine_started,
+            on_removed=self.writer.forget_machine,
+        )
+        loop = asyncio.get_running_loop()
+        if self._install_signals:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(signum, self.stop, signum)
+            loop.add_signal_handler(signal.SIGHUP, self.reload)
+        log.info(
+            "machinery agent %s starting as %s, store %s",
+            __version__,
+            settings.identity,
+            settings.store,
+        )
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                store_task = tasks.create_task(self.store.run(), name="store")
+                http_task = None
+                if sock is not None:
+                    http_task = tasks.create_task(self._serve_http(sock), name="http")
+                await self._stop.wait()
+                log.info("stopping")
+                if http_task is not None:
+                    self._stop_http()
+                store_task.cancel()
+        finally:
+            if self._install_signals:
+                for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                    with contextlib.suppress(ValueError, RuntimeError):
+                        loop.remove_signal_handler(signum)
+            await self.group.aclose()
+            monitor.close()
+            if self.writer is not None:
+                await asyncio.to_thread(self.writer.close)
+            if self.db is not None:
+                self.db.close()
+            with contextlib.suppress(OSError):
+                (settings.state_dir / AGENT_FILE).unlink()
+        log.info("stopped")
+        return 0
+
+    def stop(self, signum: int | None = None) -> None:
+        """Stop the agent (signal handler and tests)."""
+        if signum is not None:
+            log.info("received %s", signal.Signals(signum).name)
+        self._stop.set()
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the settings that can change live, and rescan the store."""
+        log.info("received SIGHUP: reloading configuration and rescanning the store")
+        if self._reload_settings is not None:
+            try:
+                loaded = self._reload_settings()
+            except ConfigError as exc:
+                log.error("keeping the current configuration: %s", exc)
+            else:
+                self._apply(loaded.settings)
+        if self.store is not None:
+            self.store.rescan()
+
+    def _apply(self, new: Settings) -> None:
+        old = self.settings
+        restart_needed = [
+            name
+            for name in ("identity", "store", "state_dir")
+            if getattr(old, name) != getattr(new, name)
+        ]
+        if old.http != new.http and new.http.listen != old.http.listen:
+            restart_needed.append("http.listen")
+        if old.nats != new.nats:
+            restart_needed.append("nats")
+        if restart_needed:
+            log.warning("these settings change only after a restart: %s", ", ".join(restart_needed))
+        logging.getLogger().setLevel(new.log_level.upper())
+        if self.node is not None:
+            self.node.rate_limit = new.rate_limit
+            for machine in self.group:
+                machine.rate_limiter.enabled = new.rate_limit
+            if new.facts != old.facts:
+                try:
+                    self.node.facts = Facts.from_file(new.facts) if new.facts else Facts()
+                except FactsError as exc:
+                    log.error("keeping the current facts: %s", exc)
+        if self.store is not None:
+            self.store.rescan_interval = new.rescan_interval
+            self.store.check_permissions = new.check_permissions
+        self.settings = new
+        try:
+            self.token = self._read_token()
+        except ConfigError as exc:
+            log.error("%s", exc)
+
+    def _machine_started(self, machine: Machine, manifest: Manifest) -> None:
+        if self.writer is not None:
+            self.writer.record_state(
+                machine.name, machine.state, manifest.sha256, machine.instance_id
+            )
+
+    def _read_token(self) -> str | None:
+        path = self.settings.http.token_file
+        if path is None:
+            return None
+        try:
+            token = path.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read token file {path}: {exc.strerror}") from exc
+        if len(token) < 16:
+            raise ConfigError(f"the token in {path} is too short (at least 16 characters)")
+        return token
+
+    # -- HTTP ---------------------------------------------------------------------------------
+
+    def _bind_http(self) -> socket.socket:
+        from machinery.api.server import bind
+
+        http = self.settings.http
+        try:
+            sock = bind(http.host, http.port)
+        except OSError as exc:
+            raise AgentError(f"cannot listen on {http.listen}: {exc.strerror}") from exc
+        host, port = sock.getsockname()[:2]
+        self.http_url = (
+            f"http://[{host}]:{port}" if sock.family == socket.AF_INET6 else f"http://{host}:{port}"
+        )
+        if not http.is_loopback and self.token is None:
+            log.warning(
+                "HTTP API on non-loopback %s without http.token_file: state changes are refused",
+                http.listen,
+            )
+        return sock
+
+    async def _serve_http(self, sock: socket.socket) -> None:
+        import uvicorn
+
+        from machinery.api.app import create_app
+        from machinery.api.server import QuietServer
+
+        config = uvicorn.Config(
+            create_app(self),
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=1,
+        )
+        server = QuietServer(config)
+        self._http_server = server
+        self._write_agent_file()
+        log.info("HTTP API listening on %s", self.http_url)
+        try:
+            await server.serve(sockets=[sock])
+        finally:
+            sock.close()
+
+    def _stop_http(self) -> None:
+        if self._http_server is not None:
+            self._http_server.should_exit = True
+
+    def _write_agent_file(self) -> None:
+        path = self.settings.state_dir / AGENT_FILE
+        path.write_text(
+            json.dumps({"pid": os.getpid(), "url": self.http_url, "version": __version__})
+        )
+
+    # -- health (the nagios agent_status builtin and /healthz) --------------------------------
+
+    def health(self) -> dict[str, Any]:
+        entries = self.store.entries.values() if self.store is not None else []
+        invalid = sum(1 for e in entries if e.machine is None)
+        return {
+            "uptime": time.time() - self.started,
+            "machines": sum(1 for e in entries if e.machine is not None),
+            "invalid_machines": invalid,
+            "nats_connected": None,
+            "last_event_age": None,
+            "spool_depth": 0,
+            "state_write_errors": self.writer.errors if self.writer else 0,
+        }
+
+
+def run_agent(config_file: Path | None, flags: dict[str, Any]) -> int:
+    """Load settings and run the agent in a fresh event loop; returns the exit code."""
+    from machinery.cli.main import setup_logging
+    from machinery.core.loop import install_child_watcher
+
+    def load() -> LoadedSettings:
+        return load_settings(config_file, flags)
+
+    try:
+        loaded = load()
+        agent = Agent(loaded, reload_settings=load)
+    except ConfigError as exc:
+        print(f"machinery agent: {exc}", flush=True)
+        return 2
+    setup_logging(loaded.settings.log_level, loaded.settings.log_format)
+    install_child_watcher()
+    try:
+        return asyncio.run(agent.run())
+    except AgentError as exc:
+        log.error("%s", exc)
+        return 1

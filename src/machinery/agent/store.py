@@ -1,0 +1,459 @@
+"""The store: a directory of machine directories, kept in sync with what runs.
+
+:class:`StoreManager` loads every machine at start, then follows the store with inotify: a new
+directory is started, a changed ``machine.yaml`` restarts its machine (new instance id, data
+kept), a removed directory stops its machine (watchers stopped, commands killed). Changes are
+loaded once they have settled (no half-written files), a periodic rescan is the safety net, and a
+broken or unsafe manifest is reported for its own machine only and retried when it changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import hashlib
+import logging
+import os
+import stat
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from machinery.agent.host import MachineGroup
+from machinery.core.clock import TimerHandle
+from machinery.core.inotify import Subscription
+from machinery.core.machine import Machine, MachineStatus
+from machinery.core.node import Node
+from machinery.spec.diagnostics import Diagnostic
+from machinery.spec.validate import MANIFEST_NAME, Manifest, check_manifest_text
+from machinery.watchers.registry import WatcherRegistry
+
+__all__ = ["EntryStatus", "MachineEntry", "StoreManager", "eligible_name", "permission_problem"]
+
+log = logging.getLogger("machinery.store")
+
+
+class EntryStatus(enum.StrEnum):
+    """What the agent shows for a machine directory."""
+
+    LOADING = "loading"
+    STARTING = "starting"  # sleeping its start splay
+    RUNNING = "running"
+    INVALID = "invalid"  # the manifest has errors
+    REFUSED = "refused"  # unsafe ownership or permissions
+    FAILED = "failed"  # its watchers could not be created
+    STOPPED = "stopped"
+
+
+def eligible_name(name: str) -> bool:
+    """Store entries that are staging areas, not machines: ``.x``, ``tmp*``, ``*-temp``."""
+    return not (name.startswith((".", "tmp")) or name.endswith("-temp"))
+
+
+def permission_problem(path: Path, uid: int) -> str | None:
+    """Why ``path`` is unsafe to run from, or None: it must be owned by ``uid`` or root and not
+    writable by group or others (anyone who can write a manifest can run commands as us)."""
+    try:
+        st = path.stat()
+    except OSError as exc:
+        return f"cannot check {path}: {exc.strerror}"
+    if st.st_uid not in (uid, 0):
+        return f"{path} is owned by uid {st.st_uid}, not by the agent's user ({uid}) or root"
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"{path} is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})"
+    return None
+
+
+Stamp = tuple[int, int, int]
+
+
+@dataclass
+class MachineEntry:
+    """One machine directory of the store and what became of it."""
+
+    directory: Path
+    sha256: str | None = None
+    stamp: Stamp | None = None
+    machine: Machine | None = None
+    task: asyncio.Task[None] | None = None
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+    problem: str | None = None
+    refused: bool = False
+    loaded_at: float = 0.0
+    subscription: Subscription | None = None
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.directory / MANIFEST_NAME
+
+    @property
+    def name(self) -> str:
+        return self.machine.name if self.machine is not None else self.directory.name
+
+    @property
+    def status(self) -> EntryStatus:
+        if self.refused:
+            return EntryStatus.REFUSED
+        if self.machine is None:
+            return (
+                EntryStatus.INVALID if (self.diagnostics or self.problem) else EntryStatus.LOADING
+            )
+        return {
+            MachineStatus.LOADED: EntryStatus.LOADING,
+            MachineStatus.STARTING: EntryStatus.STARTING,
+            MachineStatus.RUNNING: EntryStatus.RUNNING,
+            MachineStatus.FAILED: EntryStatus.FAILED,
+            MachineStatus.STOPPED: EntryStatus.STOPPED,
+        }[self.machine.status]
+
+    @property
+    def errors(self) -> list[str]:
+        found = [str(d) for d in self.diagnostics if d.is_error]
+        if self.problem:
+            found.append(self.problem)
+        if self.machine is not None and self.machine.start_error:
+            found.append(self.machine.start_error)
+        return found
+
+    def to_dict(self) -> dict[str, Any]:
+        """The API's view: Choria's MachineState plus our status, or the errors."""
+        if self.machine is not None:
+            result = self.machine.status_dict()
+        else:
+            result = {"name": self.name, "path": str(self.directory)}
+        result["status"] = self.status.value
+        if self.errors:
+            result["errors"] = self.errors
+            result["diagnostics"] = [d.to_dict() for d in self.diagnostics]
+        warnings = [str(d) for d in self.diagnostics if not d.is_error]
+        if warnings:
+            result["warnings"] = warnings
+        return result
+
+
+class StoreManager:
+    """Runs the machines of a store directory (see the module docstring)."""
+
+    def __init__(
+        self,
+        store: Path,
+        node: Node,
+        registry: WatcherRegistry,
+        group: MachineGroup,
+        *,
+        settle_delay: float = 0.25,
+        rescan_interval: float = 10.0,
+        check_permissions: bool = True,
+        resume: dict[str, tuple[str, str]] | None = None,
+        on_started: Callable[[Machine, Manifest], None] | None = None,
+        on_removed: Callable[[str], None] | None = None,
+    ) -> None:
+        self.store = Path(os.path.abspath(store))
+        self.node = node
+        self.registry = registry
+        self.group = group
+        self.settle_delay = settle_delay
+        self.rescan_interval = rescan_interval
+        self.check_permissions = check_permissions
+        self._resume = dict(resume or {})
+        self._on_started = on_started
+        self._on_removed = on_removed
+        self.entries: dict[Path, MachineEntry] = {}
+        self._uid = os.geteuid()
+        self._pending: dict[Path, TimerHandle] = {}
+        self._queue: asyncio.Queue[Path | None] = asyncio.Queue()
+        self._queued: set[Path] = set()
+        self._tasks: asyncio.TaskGroup | None = None
+        self._store_subscription: Subscription | None = None
+        self.ready = asyncio.Event()
+        self.loads = 0
+        self.load_errors = 0
+        self.reloads = 0
+
+    # -- queries -----------------------------------------------------------------------------
+
+    def machines(self) -> list[Machine]:
+        return [e.machine for e in self.entries.values() if e.machine is not None]
+
+    def sorted_entries(self) -> list[MachineEntry]:
+        return sorted(self.entries.values(), key=lambda e: (e.name, str(e.directory)))
+
+    def find(self, name: str) -> MachineEntry | None:
+        """The entry of the machine called ``name`` (or whose directory is called ``name``)."""
+        for entry in self.sorted_entries():
+            if entry.machine is not None and entry.machine.name == name:
+                return entry
+        for entry in self.sorted_entries():
+            if entry.machine is None and entry.directory.name == name:
+                return entry
+        return None
+
+    def manifest_sha(self, name: str) -> str | None:
+        entry = self.find(name)
+        return entry.sha256 if entry is not None else None
+
+    # -- the run -----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Load the store and follow it until cancelled; stops every machine on the way out."""
+        if not self.store.is_dir():
+            log.warning("machine store %s does not exist, creating it", self.store)
+            self.store.mkdir(parents=True, mode=0o700, exist_ok=True)
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                self._tasks = tasks
+                monitor = self.node.file_monitor
+                if monitor is not None:
+                    self._store_subscription = monitor.watch_directory(
+                        self.store, self._store_event
+                    )
+                for directory in self._list():
+                    await self._reconcile(directory)
+                self.ready.set()
+                log.info("store %s: %d machines loaded", self.store, len(self.machines()))
+                tasks.create_task(self._reconcile_loop(), name="store reconcile")
+                tasks.create_task(self._rescan_loop(), name="store rescan")
+        finally:
+            self._tasks = None
+            for handle in self._pending.values():
+                handle.cancel()
+            if self._store_subscription is not None:
+                self._store_subscription.cancel()
+            for entry in self.entries.values():
+                if entry.subscription is not None:
+                    entry.subscription.cancel()
+
+    def rescan(self) -> None:
+        """Check every machine directory now (SIGHUP, or the periodic safety net)."""
+        seen = set(self._list())
+        for directory in seen | set(self.entries):
+            self._enqueue(directory)
+
+    def _list(self) -> list[Path]:
+        try:
+            names = sorted(os.listdir(self.store))
+        except OSError as exc:
+            log.error("cannot list machine store %s: %s", self.store, exc.strerror)
+            return []
+        return [
+            self.store / name
+            for name in names
+            if eligible_name(name) and (self.store / name).is_dir()
+        ]
+
+    async def _rescan_loop(self) -> None:
+        while True:
+            await self.node.clock.sleep(self.rescan_interval)
+            if self._store_subscription is not None and not self._store_subscription.active:
+                self._store_subscription.refresh()
+            self.rescan()
+
+    async def _reconcile_loop(self) -> None:
+        while True:
+            directory = await self._queue.get()
+            if directory is None:
+                return
+            self._queued.discard(directory)
+            try:
+                await self._reconcile(directory)
+            except Exception:
+                log.exception("reconciling %s failed", directory)
+
+    # -- change detection ----------------------------------------------------------------------
+
+    def _store_event(self, name: str, mask: int) -> None:
+        if not name:
+            self.rescan()  # overflow, or the store itself changed
+        elif eligible_name(name):
+            self._settle(self.store / name)
+
+    def _manifest_event(self, directory: Path) -> Callable[[str, int], None]:
+        return lambda _name, _mask: self._settle(directory)
+
+    def _settle(self, directory: Path) -> None:
+        """Reconcile ``directory`` once changes to it stop for ``settle_delay``."""
+        handle = self._pending.pop(directory, None)
+        if handle is not None:
+            handle.cancel()
+        self._pending[directory] = self.node.clock.call_later(
+            self.settle_delay, self._settled, directory
+        )
+
+    def _settled(self, directory: Path) -> None:
+        self._pending.pop(directory, None)
+        self._enqueue(directory)
+
+    def _enqueue(self, directory: Path) -> None:
+        if directory not in self._queued:
+            self._queued.add(directory)
+            self._queue.put_nowait(directory)
+
+    # -- reconciling one directory -------------------------------------------------------------
+
+    async def _reconcile(self, directory: Path) -> None:
+        entry = self.entries.get(directory)
+        if not directory.is_dir() or not eligible_name(directory.name):
+            if entry is not None:
+                await self._remove(entry, "does not exist anymore")
+            return
+        if entry is None:
+            entry = MachineEntry(directory)
+            self.entries[directory] = entry
+            monitor = self.node.file_monitor
+            if monitor is not None:
+                entry.subscription = monitor.watch_file(
+                    entry.manifest_path, self._manifest_event(directory)
+                )
+        elif entry.subscription is not None and not entry.subscription.active:
+            entry.subscription.refresh()
+        try:
+            st = entry.manifest_path.stat()
+        except FileNotFoundError:
+            if entry.machine is not None:
+                await self._stop(entry, "its machine.yaml is gone")
+            entry.sha256 = entry.stamp = None
+            entry.diagnostics = []
+            entry.problem = (
+                f"{entry.manifest_path}: cannot read {entry.manifest_path}: no such file"
+            )
+            return
+        except OSError as exc:
+            entry.problem = f"{entry.manifest_path}: cannot read: {exc.strerror}"
+            return
+        stamp: Stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if 0 <= time.time() - st.st_mtime < self.settle_delay:
+            self._settle(directory)  # still being written: look again once it settles
+            return
+        refusal = self._refusal(directory) if self.check_permissions else None
+        if refusal is not None:
+            if entry.machine is not None:
+                await self._stop(entry, "its permissions became unsafe")
+            if entry.problem != refusal:
+                log.error("refusing machine in %s: %s", directory, refusal)
+            entry.refused, entry.problem, entry.sha256, entry.stamp = True, refusal, None, stamp
+            return
+        if entry.refused:
+            entry.refused, entry.problem = False, None  # safe again: load it
+        elif stamp == entry.stamp:
+            return
+        entry.stamp = stamp
+        try:
+            raw = entry.manifest_path.read_bytes()
+        except OSError as exc:
+            entry.problem = f"{entry.manifest_path}: cannot read: {exc.strerror}"
+            return
+        sha = hashlib.sha256(raw).hexdigest()
+        if sha == entry.sha256:
+            return  # touched, not changed: only machine.yaml's content matters
+        if entry.machine is not None:
+            self.reloads += 1
+            log.warning(
+                "Loaded machine %s does not match current manifest (%s), stopping",
+                entry.machine.name,
+                sha,
+            )
+            await self._stop(entry, "its manifest changed")
+        entry.sha256 = sha
+        await self._load(entry, raw, sha)
+
+    def _refusal(self, directory: Path) -> str | None:
+        for path in (directory, directory / MANIFEST_NAME):
+            problem = permission_problem(path, self._uid)
+            if problem is not None and not (path.name == MANIFEST_NAME and not path.exists()):
+                return problem
+        return None
+
+    async def _load(self, entry: MachineEntry, raw: bytes, sha: str) -> None:
+        log.info("Attempting to load Autonomous Agent from %s", entry.directory)
+        entry.problem = None
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            text = raw.decode("utf-8", "replace")
+        manifest, diagnostics = check_manifest_text(
+            text,
+            str(entry.manifest_path),
+            self.registry.kinds,
+            directory=entry.directory,
+            file=entry.manifest_path,
+            sha256=sha,
+        )
+        entry.diagnostics = diagnostics
+        entry.loaded_at = time.time()
+        if manifest is None:
+            self.load_errors += 1
+            log.error("Could not load Autonomous Agent from %s:", entry.directory)
+            for diagnostic in diagnostics:
+                log.error("  %s", diagnostic)
+            return
+        for diagnostic in diagnostics:
+            log.warning("  %s", diagnostic)
+        clash = self.find(manifest.name)
+        if clash is not None and clash is not entry and clash.machine is not None:
+            self.load_errors += 1
+            entry.problem = f"machine name {manifest.name!r} is already used by {clash.directory}"
+            log.error("Could not load Autonomous Agent from %s: %s", entry.directory, entry.problem)
+            return
+        initial = None
+        resumed = self._resume.pop(manifest.name, None)
+        if resumed is not None and resumed[1] == sha and resumed[0] in manifest.spec.states():
+            initial = resumed[0]
+        machine = Machine(
+            manifest, self.node, watcher_factory=self.registry.create, initial_state=initial
+        )
+        try:
+            machine.build_watchers()
+        except Exception:
+            self.load_errors += 1
+            entry.machine = machine
+            return
+        entry.machine = machine
+        self.group.add(machine)
+        self.loads += 1
+        log.warning(
+            "Loaded Autonomous Agent %s version %s from %s (%s)%s",
+            manifest.name,
+            manifest.spec.version,
+            entry.directory,
+            sha,
+            f", resuming in state {initial}" if initial else "",
+        )
+        if self._on_started is not None:
+            self._on_started(machine, manifest)
+        if self._tasks is not None:
+            entry.task = self._tasks.create_task(
+                self._supervise(machine), name=f"machine {manifest.name}"
+            )
+
+    async def _supervise(self, machine: Machine) -> None:
+        try:
+            await machine.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("machine %s failed", machine.name)
+
+    async def _stop(self, entry: MachineEntry, why: str) -> None:
+        machine, task = entry.machine, entry.task
+        entry.machine = entry.task = None
+        if machine is None:
+            return
+        log.warning("Stopping machine %s: %s", machine.name, why)
+        self.group.remove(machine)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _remove(self, entry: MachineEntry, why: str) -> None:
+        name = entry.name
+        log.warning("Machine %s does not exist anymore in %s, terminating", name, entry.directory)
+        await self._stop(entry, why)
+        if entry.subscription is not None:
+            entry.subscription.cancel()
+        self.entries.pop(entry.directory, None)
+        if self._on_removed is not None:
+            self._on_removed(name)

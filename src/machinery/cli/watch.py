@@ -1,0 +1,110 @@
+"""``machinery watch``: follow events from an agent or a JSON-lines file."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from machinery.core.notifications import (
+    MachineEvent,
+    TransitionNotification,
+    WatcherStateNotification,
+)
+from machinery.events.cloudevents import CloudEventError, decode_cloudevent
+from machinery.events.text import watch_line
+
+__all__ = ["EventFilter", "follow"]
+
+
+@dataclass
+class EventFilter:
+    """Choria's ``machine watch`` filters."""
+
+    transitions: bool = True
+    watchers: bool = True
+    types: set[str] = field(default_factory=set)
+    machine: str | None = None
+    identity: str | None = None
+
+    def accepts(self, event: MachineEvent) -> bool:
+        if isinstance(event, TransitionNotification) and not self.transitions:
+            return False
+        if isinstance(event, WatcherStateNotification):
+            if not self.watchers:
+                return False
+            if self.types and "*" not in self.types and event.watcher_type not in self.types:
+                return False
+        if self.machine and self.machine not in event.machine:
+            return False
+        return not (self.identity and self.identity not in event.identity)
+
+
+def follow(
+    selected: EventFilter,
+    *,
+    agent_url: str | None = None,
+    events_file: Path | None = None,
+    as_json: bool = False,
+    from_start: bool = False,
+) -> int:
+    """Print matching events until interrupted; returns the exit code."""
+    if events_file is not None:
+        source: Iterator[str] = _tail(events_file, from_start)
+        origin = str(events_file)
+    else:
+        from machinery.cli.client import AgentClient
+
+        client = AgentClient(agent_url)
+        source = client.events()
+        origin = client.url
+    what = []
+    if selected.transitions:
+        what.append("transitions")
+    if selected.watchers:
+        what.append("watcher states")
+    print(f"Viewing {' and '.join(what)} from {origin}", file=sys.stderr, flush=True)
+    try:
+        for text in source:
+            try:
+                event = decode_cloudevent(text)
+            except CloudEventError as exc:
+                print(f"machinery: skipping an event: {exc}", file=sys.stderr, flush=True)
+                continue
+            if selected.accepts(event):
+                print(text if as_json else watch_line(event), flush=True)
+    except KeyboardInterrupt:
+        return 0
+    except Exception as exc:
+        if type(exc).__name__ == "ClientError":
+            print(f"machinery: {exc}", file=sys.stderr)
+            return 1
+        raise
+    return 0
+
+
+def _tail(path: Path, from_start: bool) -> Iterator[str]:
+    """Lines of ``path`` as they are appended (like ``tail -F``; survives truncation)."""
+    while not path.exists():
+        time.sleep(0.2)
+    handle = path.open("r", encoding="utf-8", errors="replace")
+    if not from_start:
+        handle.seek(0, 2)
+    buffered = ""
+    while True:
+        chunk = handle.readline()
+        if chunk:
+            buffered += chunk
+            if buffered.endswith("\n"):
+                line, buffered = buffered.strip(), ""
+                if line:
+                    yield line
+            continue
+        try:
+            if path.stat().st_size < handle.tell():
+                handle.seek(0)
+        except OSError:
+            pass
+        time.sleep(0.1)

@@ -1,0 +1,230 @@
+"""The HTTP API against a real in-process agent on a loopback port."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from machinery.agent.config import load_settings
+from machinery.api.app import create_app
+from tests.agent.test_store import LAMP, write
+
+TOKEN = "s3cret-token-for-tests-only"
+
+
+async def test_machines_and_one_machine(agent_factory: Any) -> None:
+    async with agent_factory(("hvac", "container-manager")) as run:
+        write(run.store, "broken", "name: broken\n")
+        await run.wait(lambda: run.entry_status("broken") == "invalid")
+        body = (await run.http.get("/api/v1/machines")).json()
+        names = [m["name"] for m in body["machines"]]
+        assert names == ["ContainerManager", "HVAC", "broken"]
+        hvac = body["machines"][1]
+        assert hvac["status"] == "running" and hvac["state"] == "unknown"
+        assert hvac["available_transitions"] == ["variables_changed", "variables_unknown"]
+        assert hvac["scout"] is False and "current_state" not in hvac
+        broken = body["machines"][2]
+        assert broken["status"] == "invalid"
+        assert any("no transitions defined" in e for e in broken["errors"])
+        assert broken["diagnostics"][0]["line"] == 1
+        one = await run.http.get("/api/v1/machines/HVAC")
+        assert one.status_code == 200 and one.json()["name"] == "HVAC"
+        missing = await run.http.get("/api/v1/machines/nope")
+        assert missing.status_code == 404 and missing.json() == {"error": "machine nope not found"}
+
+
+async def test_transition_semantics_match_choria(agent_factory: Any) -> None:
+    async with agent_factory() as run:
+        write(run.store, "lamp", LAMP.format(name="lamp"))
+        await run.wait(lambda: run.entry_status("lamp") == "running")
+        ok = await run.http.post(
+            "/api/v1/machines/lamp/transition", json={"transition": "switch_on"}
+        )
+        assert ok.status_code == 200
+        assert ok.json() == {
+            "success": True,
+            "machine": "lamp",
+            "transition": "switch_on",
+            "from_state": "off",
+            "to_state": "on",
+            "changed": True,
+        }
+        invalid = await run.http.post(
+            "/api/v1/machines/lamp/transition", json={"transition": "switch_on"}
+        )
+        assert invalid.status_code == 409
+        assert invalid.json()["error"] == (
+            "Could not perform switch_on transition: transition switch_on "
+            "is not valid while in on state"
+        )
+        bad = await run.http.post("/api/v1/machines/lamp/transition", json={"transition": "x y"})
+        assert bad.status_code == 422 and "error" in bad.json()
+        extra = await run.http.post(
+            "/api/v1/machines/lamp/transition", json={"transition": "a", "b": 1}
+        )
+        assert extra.status_code == 422
+
+
+async def test_history_and_watchers(agent_factory: Any) -> None:
+    async with agent_factory() as run:
+        write(run.store, "lamp", LAMP.format(name="lamp"))
+        await run.wait(lambda: run.entry_status("lamp") == "running")
+        for event in ("switch_on", "switch_off", "switch_on"):
+            assert (
+                await run.http.post("/api/v1/machines/lamp/transition", json={"transition": event})
+            ).status_code == 200
+        history = (await run.http.get("/api/v1/machines/lamp/history", params={"limit": 2})).json()
+        assert [h["transition"] for h in history["history"]] == ["switch_on", "switch_off"]
+        assert history["history"][0]["from_state"] == "off"
+        older = (
+            await run.http.get(
+                "/api/v1/machines/lamp/history", params={"before": history["history"][-1]["seq"]}
+            )
+        ).json()
+        assert [h["transition"] for h in older["history"]] == ["switch_on"]
+        watchers = (await run.http.get("/api/v1/machines/lamp/watchers")).json()["watchers"]
+        [check] = watchers
+        assert check["name"] == "check" and check["type"] == "exec" and check["active"] is True
+        await run.wait(lambda: run.agent.store.find("lamp").machine.watchers[0].status.runs >= 1)
+        check = (await run.http.get("/api/v1/machines/lamp/watchers")).json()["watchers"][0]
+        assert check["status"]["outcome"] == "success"
+        assert check["status"]["next_run"] > check["status"]["last_run"]
+        assert check["state"]["protocol"] == "io.choria.machine.watcher.exec.v1.state"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/v1/machines/..%2F..%2Fetc",
+        "/api/v1/machines/a%20b",
+        "/api/v1/machines/" + "x" * 200,
+        "/api/v1/machines/%00",
+        "/api/v1/machines/-dash/history",
+    ],
+)
+async def test_names_in_paths_are_validated(agent_factory: Any, path: str) -> None:
+    async with agent_factory() as run:
+        response = await run.http.get(path)
+        assert response.status_code in (404, 422), response.text
+        assert "error" in response.json()
+
+
+async def test_server_sent_events_stream_cloudevents(agent_factory: Any) -> None:
+    async with agent_factory() as run:
+        write(run.store, "lamp", LAMP.format(name="lamp"))
+        await run.wait(lambda: run.entry_status("lamp") == "running")
+        received: list[dict[str, Any]] = []
+
+        async def listen() -> None:
+            async with run.http.stream(
+                "GET", "/api/v1/events", params={"kind": "transitions"}
+            ) as response:
+                assert response.headers["content-type"].startswith("text/event-stream")
+                async for line in response.aiter_lines():
+                    if line.startswith("data:"):
+                        received.append(json.loads(line[5:]))
+                        return
+
+        listener = asyncio.ensure_future(listen())
+        await run.wait(lambda: run.agent.bus.subscriber_count == 1, what="subscriber")
+        await run.http.post("/api/v1/machines/lamp/transition", json={"transition": "switch_on"})
+        await asyncio.wait_for(listener, 5)
+        [event] = received
+        assert event["type"] == "io.choria.machine.v1.transition"
+        assert event["data"]["transition"] == "switch_on"
+        await run.wait(lambda: run.agent.bus.subscriber_count == 0, what="unsubscribed")
+
+
+async def test_sse_clients_are_bounded(agent_factory: Any) -> None:
+    async with (
+        agent_factory(**{"http.max_sse_clients": 1}) as run,
+        run.http.stream("GET", "/api/v1/events") as first,
+    ):
+        assert first.status_code == 200
+        await run.wait(lambda: run.agent.bus.subscriber_count == 1)
+        second = await run.http.get("/api/v1/events")
+        assert second.status_code == 503 and "at most 1" in second.json()["error"]
+
+
+async def test_healthz_and_openapi(agent_factory: Any) -> None:
+    async with agent_factory(("hvac",)) as run:
+        health = (await run.http.get("/healthz")).json()
+        assert (
+            health["status"] == "ok"
+            and health["machines"] == 1
+            and health["identity"] == "agent.example.net"
+        )
+        spec = (await run.http.get("/openapi.json")).json()
+        assert "/api/v1/machines/{name}/transition" in spec["paths"]
+
+
+# -- token rules, in-process without a socket (a non-loopback listener is never opened) -------
+
+
+class FakeAgent:
+    """Just enough of an Agent for the token rules."""
+
+    def __init__(
+        self, tmp_path: Path, listen: str, token: str | None, require: bool = False
+    ) -> None:
+        flags: dict[str, Any] = {
+            "store": str(tmp_path),
+            "state_dir": str(tmp_path / "s"),
+            "http.listen": listen,
+            "http.require_token": require,
+        }
+        self.settings = load_settings(flags=flags, environ={}).settings
+        self.token = token
+        self.store = None
+        self.db = None
+        self.writer = None
+
+
+async def post(agent: FakeAgent, headers: dict[str, str] | None = None) -> httpx.Response:
+    transport = httpx.ASGITransport(app=create_app(agent))  # type: ignore[arg-type]
+    async with httpx.AsyncClient(transport=transport, base_url="http://agent") as client:
+        return await client.post(
+            "/api/v1/machines/lamp/transition",
+            json={"transition": "switch_on"},
+            headers=headers or {},
+        )
+
+
+async def test_loopback_needs_no_token(tmp_path: Path) -> None:
+    response = await post(FakeAgent(tmp_path, "127.0.0.1:8347", None))
+    assert response.status_code == 404  # past the token check, to the machine lookup
+
+
+async def test_non_loopback_without_a_configured_token_refuses_changes(tmp_path: Path) -> None:
+    response = await post(FakeAgent(tmp_path, "0.0.0.0:8347", None))
+    assert response.status_code == 403
+    assert "need a token" in response.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({}, 401),
+        ({"Authorization": "Bearer wrong-token-wrong-token"}, 401),
+        ({"Authorization": f"Basic {TOKEN}"}, 401),
+        ({"Authorization": f"Bearer {TOKEN}"}, 404),
+    ],
+)
+async def test_non_loopback_token_rules(
+    tmp_path: Path, headers: dict[str, str], status: int
+) -> None:
+    response = await post(FakeAgent(tmp_path, "0.0.0.0:8347", TOKEN), headers)
+    assert response.status_code == status
+    if status == 401:
+        assert response.headers["www-authenticate"] == "Bearer"
+
+
+async def test_token_can_be_required_on_loopback(tmp_path: Path) -> None:
+    agent = FakeAgent(tmp_path, "127.0.0.1:8347", TOKEN, require=True)
+    assert (await post(agent)).status_code == 401
+    assert (await post(agent, {"Authorization": f"Bearer {TOKEN}"})).status_code == 404
