@@ -15,8 +15,12 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# The agent on the bundled examples; its state goes to .state/ (permission checks are off so a
+# group-writable checkout, umask 002, still runs).
 run: $(STAMP)
-	$(BIN)/machinery run examples/hvac examples/container-manager --events -
+	@echo "machinery agent on examples/: API and dashboard on http://127.0.0.1:8347/"
+	@echo "  try: $(BIN)/machinery status   $(BIN)/machinery watch   curl http://127.0.0.1:8347/api/v1/machines"
+	MACHINERY_CHECK_PERMISSIONS=false $(BIN)/machinery agent --store examples --state-dir .state --listen 127.0.0.1:8347
 
 test: $(STAMP) lint typecheck pytest
 

@@ -228,3 +228,75 @@ async def test_token_can_be_required_on_loopback(tmp_path: Path) -> None:
     agent = FakeAgent(tmp_path, "127.0.0.1:8347", TOKEN, require=True)
     assert (await post(agent)).status_code == 401
     assert (await post(agent, {"Authorization": f"Bearer {TOKEN}"})).status_code == 404
+
+
+SWITCHED = """\
+name: fan
+version: 1.0.0
+initial_state: "off"
+transitions:
+  - name: turn_on
+    from: ["off"]
+    destination: "on"
+  - name: turn_off
+    from: ["on"]
+    destination: "off"
+  - name: pause
+    from: ["off", "on"]
+    destination: paused
+watchers:
+  - name: switch
+    type: httpswitch
+    success_transition: turn_on
+    fail_transition: turn_off
+    properties:
+      on_when: ["on"]
+      off_when: ["off"]
+      disable_when: [paused]
+  - name: power
+    type: metric
+    properties:
+      command: ./power.sh
+      interval: 1s
+"""
+
+
+async def test_choria_switch_home_assistant_and_metric_routes(agent_factory: Any) -> None:
+    async with agent_factory() as run:
+        directory = write(run.store, "fan", SWITCHED)
+        (directory / "power.sh").write_text(
+            '#!/bin/sh\necho \'{"labels": {"room": "lab"}, "metrics": {"watts": 42.5}}\'\n'
+        )
+        (directory / "power.sh").chmod(0o755)
+        await run.wait(lambda: run.entry_status("fan") == "running")
+        base = "/choria/machine/switch/v1/fan/switch"
+        state = (await run.http.get(base)).json()
+        assert state["is_on"] is False and state["status"] == "off"
+        assert state["detail"]["protocol"] == "io.choria.machine.watcher.httpswitch.v1.state"
+        turned = await run.http.post(base, json={"on": True})
+        assert turned.status_code == 200 and turned.json() == {"is_on": True}
+        assert run.agent.store.find("fan").machine.state == "on"
+        ha = "/choria/homeassistant/switch/v1/fan/switch"
+        assert (await run.http.get(ha)).text == "ON"
+        off = await run.http.post(ha, content=b"OFF")
+        assert off.text == "OFF"  # the real state, not "accepted"
+        assert run.agent.store.find("fan").machine.state == "off"
+        await run.http.post("/api/v1/machines/fan/transition", json={"transition": "pause"})
+        refused = await run.http.post(base, json={"on": True})
+        assert refused.status_code == 500 and refused.json() == {"error": "watcher is disabled"}
+        unknown = await run.http.get("/choria/machine/switch/v1/fan/nope")
+        assert unknown.status_code == 400 and unknown.json() == {"error": "switch not found"}
+
+        metric = "/choria/machine/metric/v1/fan/power"
+        await run.wait(
+            lambda: (
+                run.http is not None
+                and run.agent.node.service("metrics").get("fan", "power")["time"] > 0
+            ),
+            timeout=5,
+            what="first metric",
+        )
+        body = (await run.http.get(metric)).json()
+        assert body["labels"] == {"format": "choria", "room": "lab"}
+        assert body["metrics"]["watts"] == 42.5
+        assert (await run.http.get("/choria/machine/metric/v1/fan/nope")).status_code == 400

@@ -206,15 +206,13 @@ class StateWriter:
         self.max_per_machine = max_per_machine
         self.max_age = max_age
         self._manifest_sha = manifest_sha
-        self._queue: queue.SimpleQueue[Operation | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Operation | threading.Event | None] = queue.SimpleQueue()
         self._touched: set[str] = set()
         self._last_prune = 0.0
         self.batches = 0
         self.written = 0
         self.errors = 0
         self.last_error: str | None = None
-        self._idle = threading.Event()
-        self._idle.set()
         self._thread = threading.Thread(
             target=self._run, name="machinery-state-writer", daemon=True
         )
@@ -292,15 +290,14 @@ class StateWriter:
         self.submit(write)
 
     def submit(self, operation: Operation) -> None:
-        self._idle.clear()
         self._queue.put(operation)
 
     # -- the thread -----------------------------------------------------------------------
 
     def flush(self, timeout: float = 10.0) -> bool:
-        """Wait until everything queued so far is written (True) or ``timeout`` passes."""
+        """Wait until everything queued so far is committed (True) or ``timeout`` passes."""
         marker = threading.Event()
-        self.submit(lambda _db: marker.set())
+        self._queue.put(marker)
         return marker.wait(timeout)
 
     def close(self, timeout: float = 10.0) -> None:
@@ -312,19 +309,23 @@ class StateWriter:
         db = connect(self.db.path)
         try:
             while True:
-                first = self._queue.get()
-                batch = [first]
+                batch = [self._queue.get()]
                 while len(batch) < 10_000:
                     try:
                         batch.append(self._queue.get_nowait())
                     except queue.Empty:
                         break
-                stop = None in batch
-                self._write(db, [op for op in batch if op is not None])
+                operations = [
+                    item
+                    for item in batch
+                    if item is not None and not isinstance(item, threading.Event)
+                ]
+                self._write(db, operations)
                 self._maybe_prune(db)
-                if self._queue.empty():
-                    self._idle.set()
-                if stop:
+                for item in batch:
+                    if isinstance(item, threading.Event):
+                        item.set()
+                if None in batch:
                     return
         finally:
             db.close()
@@ -332,25 +333,38 @@ class StateWriter:
     def _write(self, db: sqlite3.Connection, batch: list[Operation]) -> None:
         if not batch:
             return
-        for attempt in range(3):
+        try:
+            self._commit(db, batch)
+            self.batches += 1
+            self.written += len(batch)
+            return
+        except sqlite3.Error as exc:
+            self.last_error = str(exc)
+        # Something in the batch fails: write one by one, so only what fails is lost (a full
+        # disk fails them all; the database itself stays consistent either way).
+        lost = 0
+        for operation in batch:
             try:
-                db.execute("BEGIN IMMEDIATE")
-                for operation in batch:
-                    operation(db)
-                db.execute("COMMIT")
-                self.batches += 1
-                self.written += len(batch)
-                return
+                self._commit(db, [operation])
+                self.written += 1
             except sqlite3.Error as exc:
-                with contextlib.suppress(sqlite3.Error):
-                    db.execute("ROLLBACK")
                 self.last_error = str(exc)
-                if attempt == 2:
-                    # A full disk or a broken file: the batch is lost, the database is not.
-                    self.errors += len(batch)
-                    log.error("could not write %d state records: %s", len(batch), exc)
-                    return
-                time.sleep(0.1 * (attempt + 1))
+                lost += 1
+        if lost:
+            self.errors += lost
+            log.error("could not write %d state records: %s", lost, self.last_error)
+
+    @staticmethod
+    def _commit(db: sqlite3.Connection, operations: list[Operation]) -> None:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for operation in operations:
+                operation(db)
+            db.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            raise
 
     def _maybe_prune(self, db: sqlite3.Connection) -> None:
         now = time.monotonic()

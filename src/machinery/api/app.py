@@ -23,6 +23,7 @@ from sse_starlette.sse import EventSourceResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from machinery import __version__
+from machinery.api.choria import choria_router
 from machinery.core.machine import Machine
 from machinery.core.notifications import MachineEvent, TransitionNotification
 from machinery.events.bus import SubscriberLimitError
@@ -31,7 +32,7 @@ from machinery.events.cloudevents import encode_cloudevent
 if TYPE_CHECKING:
     from machinery.agent.daemon import Agent
 
-__all__ = ["NAME_PATTERN", "create_app"]
+__all__ = ["NAME_PATTERN", "create_app", "install_error_handlers"]
 
 NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.:@-]{0,127}$"
 TRANSITION_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.:@-]{0,127}$"
@@ -135,16 +136,8 @@ CHANGE_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def create_app(agent: Agent) -> FastAPI:
-    """The API for ``agent``."""
-    app = FastAPI(
-        title="machinery agent",
-        version=__version__,
-        description="Machines on this node: their state, history and watchers, live events.",
-        openapi_url="/openapi.json",
-        docs_url="/docs",
-        redoc_url=None,
-    )
+def install_error_handlers(app: FastAPI) -> None:
+    """Every error as JSON ``{"error": "..."}`` (validation errors also keep their details)."""
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -157,6 +150,20 @@ def create_app(agent: Agent) -> FastAPI:
         )
         detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
         return JSONResponse({"error": f"invalid request: {problems}", "detail": detail}, 422)
+
+
+def create_app(agent: Agent) -> FastAPI:
+    """The API for ``agent``."""
+    app = FastAPI(
+        title="machinery agent",
+        version=__version__,
+        description="Machines on this node: their state, history and watchers, live events.",
+        openapi_url="/openapi.json",
+        docs_url="/docs",
+        redoc_url=None,
+    )
+
+    install_error_handlers(app)
 
     def machine_or_404(name: str) -> Machine:
         store = agent.store
@@ -181,6 +188,8 @@ def create_app(agent: Agent) -> FastAPI:
             raise HTTPException(
                 401, "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"}
             )
+
+    app.include_router(choria_router(lambda: agent.node, require_token))
 
     @app.get("/healthz", response_model=Health, tags=["agent"])
     async def get_health() -> Health:

@@ -6,6 +6,7 @@ process. A corrupt or unreadable file is a warning and an empty store, as in Cho
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Callable, Mapping
@@ -37,7 +38,15 @@ class DataStore:
         self._listeners: list[Callable[[], None]] = []
         self.load_warning: str | None = None
         if path is not None:
+            self._remove_leftovers(path)
             self._load(path)
+
+    @staticmethod
+    def _remove_leftovers(path: Path) -> None:
+        # A process killed in the middle of a save leaves its temporary file behind.
+        for leftover in path.parent.glob(f".{path.name}.*.tmp"):
+            with contextlib.suppress(OSError):
+                leftover.unlink()
 
     def _load(self, path: Path) -> None:
         try:
