@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import platform
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from bench.common import Result
@@ -22,6 +24,7 @@ SCENARIOS = {
     "fsm": "bench.fsm",
     "exec": "bench.exec_overhead",
     "file": "bench.file_latency",
+    "store": "bench.store_scale",
 }
 
 
@@ -42,7 +45,8 @@ def render(results: list[Result], quick: bool, elapsed: float) -> str:
         "# Benchmark results",
         "",
         f"- machine: {machine_description()}",
-        f"- command: `python -m bench{' --quick' if quick else ''}` ({elapsed:.0f} s)",
+        "- command: `python -m bench [SCENARIO...]` (`make bench` runs them all); each row keeps",
+        "  the result of the last run that included it",
         f"- date: {time.strftime('%Y-%m-%d %H:%M')}",
         "",
         "| scenario | result | target | met |",
@@ -76,13 +80,31 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         module = importlib.import_module(SCENARIOS[name])
         print(f"running {name}...", file=sys.stderr, flush=True)
-        result: Result = module.run(args.quick)
-        met = "n/a" if result.met is None else ("met" if result.met else "MISSED")
-        print(f"  {result.scenario}: {result.figure} (target {result.target}: {met})", flush=True)
-        results.append(result)
-    text = render(results, args.quick, time.monotonic() - started)
+        produced = module.run(args.quick)
+        for result in produced if isinstance(produced, list) else [produced]:
+            met = "n/a" if result.met is None else ("met" if result.met else "MISSED")
+            print(
+                f"  {result.scenario}: {result.figure} (target {result.target}: {met})", flush=True
+            )
+            results.append(result)
     if not args.quick:
-        Path(args.output).write_text(text)
+        # Keep the other scenarios' last results, so running one scenario updates only its rows.
+        store = Path(args.output).with_suffix(".json")
+        merged: dict[str, dict[str, object]] = {}
+        if store.exists():
+            merged = json.loads(store.read_text())
+        for result in results:
+            merged[result.scenario] = {
+                **asdict(result),
+                "command": " ".join(sys.argv[1:]) or "(all)",
+                "date": time.strftime("%Y-%m-%d %H:%M"),
+            }
+        store.write_text(json.dumps(merged, indent=2, sort_keys=True) + "\n")
+        ordered = [
+            Result(**{k: v for k, v in value.items() if k in Result.__dataclass_fields__})
+            for _, value in sorted(merged.items())
+        ]
+        Path(args.output).write_text(render(ordered, args.quick, time.monotonic() - started))
         print(f"wrote {args.output}", file=sys.stderr)
     return 0
 

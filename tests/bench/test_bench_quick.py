@@ -18,5 +18,11 @@ def test_benchmarks_run_in_quick_mode() -> None:
         timeout=600,
     )
     assert result.returncode == 0, result.stderr
-    for scenario in ("1. bare FSM", "3. exec watcher", "4a. file change"):
+    for scenario in (
+        "1. bare FSM",
+        "3. exec watcher",
+        "4a. file change",
+        "3a. agent with",
+        "7. store reaction",
+    ):
         assert scenario in result.stdout, result.stdout

@@ -108,10 +108,14 @@ def test_sigkill_during_heavy_transitions(tmp_path: Path) -> None:
         agent.start()
         # After the last kill the agent still starts, resumes where the database says, and goes on.
         recorded, _ = check_consistency(agent.state, machine_dir)
-        last_seq = max((h["seq"] for h in agent.get("/api/v1/machines/flipper/history")["history"]), default=0)
+        last_seq = max(
+            (h["seq"] for h in agent.get("/api/v1/machines/flipper/history")["history"]), default=0
+        )
         agent.wait(
-            lambda: any(h["seq"] > last_seq and h["from_state"] == recorded
-                        for h in agent.get("/api/v1/machines/flipper/history")["history"]),
+            lambda: any(
+                h["seq"] > last_seq and h["from_state"] == recorded
+                for h in agent.get("/api/v1/machines/flipper/history")["history"]
+            ),
             what="a transition out of the resumed state",
         )
         code, _ = agent.stop()
