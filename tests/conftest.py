@@ -3,3 +3,6 @@
 from machinery.core.loop import install_child_watcher
 
 install_child_watcher()
+
+from tests.natsserver import nats_server  # noqa: E402,F401  (a fixture for every test module)
+from tests.agent.conftest import agent_factory  # noqa: E402,F401  (an in-process agent anywhere)

@@ -158,6 +158,11 @@ class Settings(BaseSettings):
         None, description="node_exporter textfile directory for nagios and metric watchers"
     )
     overrides_file: Path | None = Field(None, description="Scout overrides JSON file")
+    signing_key: str | None = Field(
+        None,
+        description="ed25519 public key (hex) that machines and plugins specifications must be "
+        "signed with; overrides the watchers' public_key",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"
     http: HttpSettings = Field(default_factory=HttpSettings)

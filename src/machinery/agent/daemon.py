@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import json
 import logging
 import os
@@ -26,6 +27,7 @@ from typing import Any
 from machinery import __version__
 from machinery.agent.config import ConfigError, LoadedSettings, Settings, load_settings
 from machinery.agent.host import MachineGroup
+from machinery.agent.spool import EventSpool
 from machinery.agent.state import StateDB, StateWriter
 from machinery.agent.store import StoreManager
 from machinery.core.facts import Facts, FactsError
@@ -35,6 +37,8 @@ from machinery.core.node import Node
 from machinery.core.process import ProcessRunner
 from machinery.events.bus import EventBus
 from machinery.events.sinks import ConsoleNotifier
+from machinery.nats.connection import BrokerConnection
+from machinery.nats.publisher import EventPublisher
 from machinery.spec.validate import Manifest
 from machinery.watchers.registry import WatcherRegistry, default_registry
 
@@ -78,6 +82,9 @@ class Agent:
         self.token: str | None = None
         self._stop = asyncio.Event()
         self._http_server: Any = None
+        self.broker = BrokerConnection(self.settings.nats)
+        self.spool: EventSpool | None = None
+        self.publisher: EventPublisher | None = None
 
     # -- the run ------------------------------------------------------------------------------
 
@@ -117,6 +124,20 @@ class Agent:
             overrides_file=settings.overrides_file,
         )
         self.node.provide("agent-status", self)
+        self.broker = BrokerConnection(settings.nats, name=f"machinery {settings.identity}")
+        self._provide_broker_services(self.node)
+        if settings.signing_key:
+            self.node.provide("signing-key", settings.signing_key)
+        if self.broker.enabled:
+            self.spool = EventSpool(
+                self.db.path,
+                self.writer,
+                max_events=settings.spool.max_events,
+                max_bytes=settings.spool.max_bytes,
+                max_age=settings.spool.max_age,
+            )
+            self.publisher = EventPublisher(self.spool, self.broker)
+            self.bus.add_sink(self.publisher)
         self.bus.add_sink(ConsoleNotifier())
         self.bus.add_sink(self.writer)
         resume = await asyncio.to_thread(self.db.last_states) if settings.resume_state else {}
@@ -145,6 +166,12 @@ class Agent:
         )
         try:
             async with asyncio.TaskGroup() as tasks:
+                broker_task = tasks.create_task(self.broker.run(), name="nats")
+                publisher_task = (
+                    tasks.create_task(self.publisher.run(), name="publisher")
+                    if self.publisher
+                    else None
+                )
                 store_task = tasks.create_task(self.store.run(), name="store")
                 http_task = None
                 if sock is not None:
@@ -154,6 +181,11 @@ class Agent:
                 if http_task is not None:
                     self._stop_http()
                 store_task.cancel()
+                await asyncio.gather(store_task, return_exceptions=True)
+                if publisher_task is not None:
+                    # Give the last events a moment to reach a connected broker.
+                    await self._drain_publisher(publisher_task)
+                broker_task.cancel()
         finally:
             if self._install_signals:
                 for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -163,6 +195,8 @@ class Agent:
             monitor.close()
             if self.writer is not None:
                 await asyncio.to_thread(self.writer.close)
+            if self.spool is not None:
+                self.spool.close()
             if self.db is not None:
                 self.db.close()
             with contextlib.suppress(OSError):
@@ -220,6 +254,39 @@ class Agent:
             self.token = self._read_token()
         except ConfigError as exc:
             log.error("%s", exc)
+
+    async def _drain_publisher(self, task: asyncio.Task[None], timeout: float = 2.0) -> None:
+        assert self.spool is not None and self.writer is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        await asyncio.to_thread(self.writer.flush, timeout)
+        # The depth is updated from the writer thread: a short bounded poll is simplest.
+        while self.broker.is_connected and self.spool.depth > 0 and loop.time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+        task.cancel()
+
+    def _provide_broker_services(self, node: Node) -> None:
+        """Key-value and governors: on NATS when it is configured, local otherwise."""
+        assert self.db is not None
+        node.provide("nats", self.broker)
+        if self.broker.enabled:
+            if _exists("machinery.nats.kv"):
+                from machinery.nats.kv import NatsKV
+
+                node.provide("kv", NatsKV(self.broker))
+            if _exists("machinery.nats.governor"):
+                from machinery.nats.governor import NatsGovernor
+
+                node.provide("governor", NatsGovernor(self.broker, node.clock))
+        else:
+            if _exists("machinery.agent.localkv"):
+                from machinery.agent.localkv import LocalKV
+
+                node.provide("kv", LocalKV(self.db.path))
+            if _exists("machinery.agent.localgovernor"):
+                from machinery.agent.localgovernor import LocalGovernor
+
+                node.provide("governor", LocalGovernor(node.clock))
 
     def _machine_started(self, machine: Machine, manifest: Manifest) -> None:
         if self.writer is not None:
@@ -301,11 +368,16 @@ class Agent:
             "uptime": time.time() - self.started,
             "machines": sum(1 for e in entries if e.machine is not None),
             "invalid_machines": invalid,
-            "nats_connected": None,
+            "nats_connected": self.broker.is_connected if self.broker.enabled else None,
             "last_event_age": None,
-            "spool_depth": 0,
+            "spool_depth": self.spool.depth if self.spool is not None else 0,
             "state_write_errors": self.writer.errors if self.writer else 0,
         }
+
+
+def _exists(module: str) -> bool:
+    # Broker services still being written are skipped; a module that exists must import.
+    return importlib.util.find_spec(module) is not None
 
 
 def run_agent(config_file: Path | None, flags: dict[str, Any]) -> int:

@@ -70,6 +70,7 @@ CREATE TABLE IF NOT EXISTS watcher_state (
 CREATE TABLE IF NOT EXISTS spool (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     subject TEXT NOT NULL,
+    msg_id TEXT NOT NULL,
     payload BLOB NOT NULL,
     created REAL NOT NULL
 );
@@ -188,7 +189,10 @@ class StateDB:
             return int(db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
 
 
-Operation = Callable[[sqlite3.Connection], None]
+# An operation runs inside the writer's transaction; it may return a hook to call once that
+# transaction is committed (the spool uses it to learn which rows are durable).
+AfterCommit = Callable[[], None]
+Operation = Callable[[sqlite3.Connection], AfterCommit | None]
 
 
 class StateWriter:
@@ -356,15 +360,23 @@ class StateWriter:
 
     @staticmethod
     def _commit(db: sqlite3.Connection, operations: list[Operation]) -> None:
+        hooks: list[AfterCommit] = []
         db.execute("BEGIN IMMEDIATE")
         try:
             for operation in operations:
-                operation(db)
+                hook = operation(db)
+                if hook is not None:
+                    hooks.append(hook)
             db.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
                 db.execute("ROLLBACK")
             raise
+        for hook in hooks:
+            try:
+                hook()
+            except Exception:
+                log.exception("after-commit hook failed")
 
     def _maybe_prune(self, db: sqlite3.Connection) -> None:
         now = time.monotonic()

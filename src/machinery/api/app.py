@@ -370,6 +370,8 @@ def create_app(agent: Agent) -> FastAPI:
                 "reloads": store.reloads if store else 0,
             },
             "events": {"published": agent.bus.sequence, "subscribers": agent.bus.subscriber_count},
+            "nats": agent.broker.status(),
+            "publisher": agent.publisher.status() if agent.publisher is not None else None,
         }
 
     return app

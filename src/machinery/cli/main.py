@@ -358,6 +358,9 @@ def watch(
     events_file: Annotated[
         Path | None, typer.Option("--events-file", help="Follow a CloudEvents JSON-lines file.")
     ] = None,
+    nats: Annotated[
+        str | None, typer.Option("--nats", help="Follow events on NATS (nats://host:port).")
+    ] = None,
     transitions: Annotated[bool, typer.Option("--transitions", help="Only transitions.")] = False,
     watchers: Annotated[bool, typer.Option("--watchers", help="Only watcher states.")] = False,
     type: Annotated[
@@ -385,6 +388,7 @@ def watch(
             selected,
             agent_url=agent_url,
             events_file=events_file,
+            nats_url=nats,
             as_json=format is OutputFormat.json,
             from_start=from_start,
         )

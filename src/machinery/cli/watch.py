@@ -42,15 +42,76 @@ class EventFilter:
         return not (self.identity and self.identity not in event.identity)
 
 
+def subjects(selected: EventFilter) -> list[str]:
+    """The NATS subjects to subscribe to for ``selected`` (Choria's ``machine watch`` logic)."""
+    found = []
+    if selected.transitions:
+        found.append("choria.machine.transition")
+    if selected.watchers:
+        types = sorted(selected.types) if selected.types and "*" not in selected.types else ["*"]
+        found.extend(f"choria.machine.watcher.{kind}.state" for kind in types)
+    return found
+
+
+def follow_nats(selected: EventFilter, url: str, *, as_json: bool = False) -> int:
+    """Print matching events from NATS until interrupted."""
+    import asyncio
+
+    import nats
+
+    async def main() -> int:
+        try:
+            client = await nats.connect(
+                url, connect_timeout=5, max_reconnect_attempts=-1, allow_reconnect=True
+            )
+        except Exception as exc:
+            print(f"machinery: cannot connect to {url}: {exc}", file=sys.stderr)
+            return 1
+        queue: asyncio.Queue[bytes] = asyncio.Queue(10_000)
+
+        async def received(message: object) -> None:
+            data = getattr(message, "data", b"")
+            if not queue.full():
+                queue.put_nowait(data)
+
+        for subject in subjects(selected):
+            print(f"Viewing events on topic {subject}", file=sys.stderr, flush=True)
+            await client.subscribe(subject, cb=received)
+        try:
+            while True:
+                _print(await queue.get(), selected, as_json)
+        finally:
+            await client.close()
+
+    try:
+        return asyncio.run(main())
+    except KeyboardInterrupt:
+        return 0
+
+
+def _print(data: bytes | str, selected: EventFilter, as_json: bool) -> None:
+    text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+    try:
+        event = decode_cloudevent(text)
+    except CloudEventError as exc:
+        print(f"machinery: skipping an event: {exc}", file=sys.stderr, flush=True)
+        return
+    if selected.accepts(event):
+        print(text if as_json else watch_line(event), flush=True)
+
+
 def follow(
     selected: EventFilter,
     *,
     agent_url: str | None = None,
     events_file: Path | None = None,
+    nats_url: str | None = None,
     as_json: bool = False,
     from_start: bool = False,
 ) -> int:
     """Print matching events until interrupted; returns the exit code."""
+    if nats_url is not None:
+        return follow_nats(selected, nats_url, as_json=as_json)
     if events_file is not None:
         source: Iterator[str] = _tail(events_file, from_start)
         origin = str(events_file)
@@ -68,13 +129,7 @@ def follow(
     print(f"Viewing {' and '.join(what)} from {origin}", file=sys.stderr, flush=True)
     try:
         for text in source:
-            try:
-                event = decode_cloudevent(text)
-            except CloudEventError as exc:
-                print(f"machinery: skipping an event: {exc}", file=sys.stderr, flush=True)
-                continue
-            if selected.accepts(event):
-                print(text if as_json else watch_line(event), flush=True)
+            _print(text, selected, as_json)
     except KeyboardInterrupt:
         return 0
     except Exception as exc:

@@ -104,6 +104,10 @@ BUILTIN_WATCHERS: tuple[tuple[str, str], ...] = (
     ("machinery.watchers.metric", "MetricWatcher"),
     ("machinery.watchers.archive", "ArchiveWatcher"),
     ("machinery.watchers.httpswitch", "HttpSwitchWatcher"),
+    ("machinery.watchers.kv", "KVWatcher"),
+    ("machinery.watchers.gossip", "GossipWatcher"),
+    ("machinery.watchers.machines", "MachinesWatcher"),
+    ("machinery.watchers.plugins", "PluginsWatcher"),
 )
 
 
