@@ -27,6 +27,7 @@ from typing import Any
 from machinery import __version__
 from machinery.agent.config import ConfigError, LoadedSettings, Settings, load_settings
 from machinery.agent.host import MachineGroup
+from machinery.agent.metrics import AgentMetrics
 from machinery.agent.spool import EventSpool
 from machinery.agent.state import StateDB, StateWriter
 from machinery.agent.store import StoreManager
@@ -84,6 +85,7 @@ class Agent:
         self._http_server: Any = None
         self.broker = BrokerConnection(self.settings.nats)
         self.spool: EventSpool | None = None
+        self.metrics: AgentMetrics | None = None
         self.publisher: EventPublisher | None = None
 
     # -- the run ------------------------------------------------------------------------------
@@ -138,8 +140,11 @@ class Agent:
             )
             self.publisher = EventPublisher(self.spool, self.broker)
             self.bus.add_sink(self.publisher)
+        self.metrics = AgentMetrics(self)
+        self.node.provide("watcher-observer", self.metrics)
         self.bus.add_sink(ConsoleNotifier())
         self.bus.add_sink(self.writer)
+        self.bus.add_sink(self.metrics)
         resume = await asyncio.to_thread(self.db.last_states) if settings.resume_state else {}
         self.store = StoreManager(
             settings.store,
@@ -151,7 +156,7 @@ class Agent:
             check_permissions=settings.check_permissions,
             resume=resume,
             on_started=self._machine_started,
-            on_removed=self.writer.forget_machine,
+            on_removed=self._machine_removed,
         )
         loop = asyncio.get_running_loop()
         if self._install_signals:
@@ -287,6 +292,12 @@ class Agent:
                 from machinery.agent.localgovernor import LocalGovernor
 
                 node.provide("governor", LocalGovernor(node.clock))
+
+    def _machine_removed(self, name: str) -> None:
+        if self.writer is not None:
+            self.writer.forget_machine(name)
+        if self.metrics is not None:
+            self.metrics.forget_machine(name)
 
     def _machine_started(self, machine: Machine, manifest: Manifest) -> None:
         if self.writer is not None:

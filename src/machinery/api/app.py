@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette.sse import EventSourceResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -28,6 +29,7 @@ from machinery.core.machine import Machine
 from machinery.core.notifications import MachineEvent, TransitionNotification
 from machinery.events.bus import SubscriberLimitError
 from machinery.events.cloudevents import encode_cloudevent
+from machinery.spec.graph import to_dot
 
 if TYPE_CHECKING:
     from machinery.agent.daemon import Agent
@@ -108,6 +110,22 @@ class WatcherInfo(BaseModel):
     interval: float | None
     status: dict[str, Any]
     state: dict[str, Any]
+
+
+class GraphEdge(BaseModel):
+    source: str
+    transition: str
+    destination: str
+    description: str = ""
+
+
+class Graph(BaseModel):
+    machine: str
+    initial: str
+    current: str
+    states: list[str]
+    edges: list[GraphEdge]
+    dot: str
 
 
 class WatcherList(BaseModel):
@@ -300,11 +318,44 @@ def create_app(agent: Agent) -> FastAPI:
                         "runs": status.runs,
                         "outcomes": status.outcomes,
                         "last_error": status.last_error,
+                        "durations": status.recent_durations(),
                     },
                     state=watcher.current_state().payload,
                 )
             )
         return WatcherList(machine=target.name, watchers=items)
+
+    @app.get(
+        "/api/v1/machines/{name}/graph",
+        response_model=Graph,
+        responses=ERRORS,
+        tags=["machines"],
+    )
+    async def get_graph(name: MachineName) -> Graph:
+        """The state graph: states, edges (with transition descriptions), the current state,
+        and Choria's DOT text."""
+        target = machine_or_404(name)
+        descriptions = {t.name: t.description for t in target.spec.transitions if t.description}
+        edges = [
+            GraphEdge(
+                source=source,
+                transition=event,
+                destination=destination,
+                description=descriptions.get(event, ""),
+            )
+            for source, event, destination in target.fsm.edges()
+        ]
+        states = target.fsm.states()
+        if target.spec.initial_state not in states:
+            states.append(target.spec.initial_state)
+        return Graph(
+            machine=target.name,
+            initial=target.spec.initial_state,
+            current=target.state,
+            states=states,
+            edges=edges,
+            dot=to_dot(target.spec, current=target.state),
+        )
 
     @app.get(
         "/api/v1/events",
@@ -349,6 +400,17 @@ def create_app(agent: Agent) -> FastAPI:
                 await subscription.__aexit__(None, None, None)
 
         return EventSourceResponse(stream(), ping=15, send_timeout=30)
+
+    @app.get(
+        "/metrics",
+        response_class=PlainTextResponse,
+        responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}},
+        tags=["agent"],
+    )
+    async def get_metrics() -> PlainTextResponse:
+        """Prometheus metrics (see docs/metrics.md)."""
+        body = generate_latest(agent.metrics.registry) if agent.metrics is not None else b""
+        return PlainTextResponse(body, media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/api/v1/agent", tags=["agent"])
     async def get_agent() -> dict[str, Any]:

@@ -9,6 +9,7 @@ door, :meth:`Machine.transition`.
 from __future__ import annotations
 
 import asyncio
+from array import array
 import enum
 import logging
 import random
@@ -48,6 +49,7 @@ __all__ = [
 log = logging.getLogger("machinery.machine")
 
 _WATCHER_RESTART_DELAY = 5.0
+DURATION_SAMPLES = 50
 
 
 class MachineStatus(enum.StrEnum):
@@ -69,6 +71,9 @@ class WatcherStatus:
     runs: int = 0
     outcomes: dict[str, int] = field(default_factory=dict)
     last_error: str | None = None
+    # Recent (wall time, seconds) of timed runs, flattened, for the dashboard's charts; created on
+    # the first timed run and kept small: thousands of watchers each keep one.
+    durations: array[float] | None = None
 
     def record(self, outcome: str, *, wall: float, duration: float | None = None) -> None:
         self.outcome = outcome
@@ -76,6 +81,17 @@ class WatcherStatus:
         self.last_duration = duration
         self.runs += 1
         self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+        if duration is not None:
+            if self.durations is None:
+                self.durations = array("d")
+            self.durations.extend((wall, duration))
+            if len(self.durations) > 2 * DURATION_SAMPLES:
+                del self.durations[:2]
+
+    def recent_durations(self) -> list[tuple[float, float]]:
+        """``(wall time, seconds)`` of the last timed runs, oldest first."""
+        samples = self.durations or array("d")
+        return [(samples[i], samples[i + 1]) for i in range(0, len(samples), 2)]
 
 
 class WatcherRuntime(Protocol):

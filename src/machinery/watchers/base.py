@@ -121,7 +121,11 @@ class Watcher(ABC, Generic[P]):
         await self.fire(self.spec.fail_transition)
 
     def record(self, outcome: str, duration: float | None = None) -> None:
+        """Note an outcome (and how long the run took) for the API, dashboard and metrics."""
         self.status.record(outcome, wall=self.machine.clock.now(), duration=duration)
+        observer = self.machine.node.service("watcher-observer")
+        if observer is not None:
+            observer.watcher_run(self.machine.name, self.name, self.type_name, outcome, duration)
 
     def log_info(self, message: str) -> None:
         self.machine.log_info(self.name, message)
