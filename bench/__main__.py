@@ -25,6 +25,7 @@ SCENARIOS = {
     "exec": "bench.exec_overhead",
     "file": "bench.file_latency",
     "store": "bench.store_scale",
+    "simulation": "bench.simulation",
 }
 
 

@@ -395,6 +395,16 @@ def watch(
     )
 
 
+def _register_commands() -> None:
+    from machinery.cli.testing import simulate, test
+
+    app.command(name="test")(test)
+    app.command(name="simulate")(simulate)
+
+
+_register_commands()
+
+
 def main() -> None:
     """Console script entry point."""
     app()

@@ -134,8 +134,18 @@ class FakeClock(Clock):
 
     async def settle(self) -> None:
         """Let every task that is ready run until the loop has nothing immediate to do."""
-        for _ in range(self._settle_rounds):
+        loop = asyncio.get_running_loop()
+        ready = getattr(loop, "_ready", None)
+        if ready is None:  # not CPython's loop: a fixed number of turns
+            for _ in range(self._settle_rounds):
+                await asyncio.sleep(0)
+            return
+        # CPython's loop keeps its runnable callbacks in _ready: turn until it stays empty (this
+        # is what makes a simulated week take milliseconds instead of seconds).
+        for _ in range(self._settle_rounds * 20):
             await asyncio.sleep(0)
+            if not ready:
+                return
 
     async def advance(self, seconds: float) -> None:
         """Move time forward by ``seconds``, firing due callbacks in order."""

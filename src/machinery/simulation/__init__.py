@@ -1,0 +1,1 @@
+"""Testing machines before they run: scenarios (``machinery test``) and ``machinery simulate``."""
