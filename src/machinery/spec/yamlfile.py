@@ -1,21 +1,23 @@
 """YAML 1.2 loading that remembers where every value came from.
 
-Manifests are parsed with ruamel.yaml's composer (YAML 1.2: ``on``, ``off``, ``yes`` and ``no``
-stay strings) and turned into plain Python values by our own constructor, which records the
-position of every key and value, reports duplicate keys, and refuses documents that would expand
-into something huge (alias bombs, deep nesting, very large files).
+Manifests are composed by libyaml (through PyYAML's C parser, with our own YAML 1.2 core-schema
+resolver: ``on``, ``off``, ``yes`` and ``no`` stay strings) and turned into plain Python values by
+our own constructor, which records the position of every key and value, reports duplicate keys,
+and refuses documents that would expand into something huge (alias bombs, deep nesting, very
+large files).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from ruamel.yaml import YAML
-from ruamel.yaml.error import MarkedYAMLError, YAMLError
-from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+import yaml
+from yaml.error import MarkedYAMLError, YAMLError
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from yaml.resolver import BaseResolver
 
 from machinery.spec.diagnostics import Diagnostic, Position, Severity
 
@@ -108,6 +110,55 @@ class _TooBig(Exception):
         self.node = node
 
 
+# libyaml's C parser is ~30x faster than a pure-Python one: it matters for a store of thousands
+# of machines (see docs/performance.md). The pure-Python parser is the fallback.
+try:
+    from yaml._yaml import CParser as _CParser
+except ImportError:  # PyYAML built without libyaml
+    _CParser = None
+
+
+class _Yaml12Resolver(BaseResolver):
+    """YAML 1.2 core schema: only true/false are booleans; ``on``/``yes`` stay strings."""
+
+
+for _tag, _pattern, _first in (
+    ("bool", r"^(?:true|True|TRUE|false|False|FALSE)$", "tTfF"),
+    ("int", r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$", "-+0123456789"),
+    ("float", r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$", "-+.0123456789"),
+    ("null", r"^(?:~|null|Null|NULL|)$", ["~", "n", "N", ""]),
+    ("merge", r"^(?:<<)$", "<"),
+):
+    _Yaml12Resolver.add_implicit_resolver(
+        f"tag:yaml.org,2002:{_tag}", re.compile(_pattern), list(_first)
+    )
+
+
+if _CParser is not None:
+
+    class _Loader(_CParser, _Yaml12Resolver):  # type: ignore[misc]
+        """Composes nodes only (with libyaml): construction is ours."""
+
+        def __init__(self, stream: str) -> None:
+            _CParser.__init__(self, stream)
+            _Yaml12Resolver.__init__(self)
+
+else:  # pragma: no cover - PyYAML wheels ship libyaml
+
+    class _Loader(  # type: ignore[no-redef]
+        yaml.reader.Reader, yaml.scanner.Scanner, yaml.parser.Parser, yaml.composer.Composer,
+        _Yaml12Resolver,
+    ):
+        """Composes nodes only (pure Python): construction is ours."""
+
+        def __init__(self, stream: str) -> None:
+            yaml.reader.Reader.__init__(self, stream)
+            yaml.scanner.Scanner.__init__(self)
+            yaml.parser.Parser.__init__(self)
+            yaml.composer.Composer.__init__(self)
+            _Yaml12Resolver.__init__(self)
+
+
 def load_yaml(text: str, file: str) -> YamlDocument:
     """Parse ``text`` (the contents of ``file``) into a :class:`YamlDocument`.
 
@@ -129,9 +180,8 @@ def load_yaml(text: str, file: str) -> YamlDocument:
             _error(file, too_deep, f"document is nested more than {MAX_DEPTH} levels deep")
         )
         return doc
-    yaml = YAML(typ="rt")
     try:
-        nodes = list(_compose_all(yaml, text))
+        nodes = _compose_all(text)
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         pos = Position(mark.line + 1, mark.column + 1) if mark is not None else Position(1, 1)
@@ -171,8 +221,8 @@ def load_yaml(text: str, file: str) -> YamlDocument:
 def _flow_too_deep(text: str) -> Position | None:
     """Where flow brackets nest deeper than MAX_DEPTH, found without parsing.
 
-    ruamel's scanner is quadratic in flow nesting, so a hostile ``[[[[...`` would stall it for
-    seconds; this linear pre-scan (skipping quoted text and comments) refuses it first.
+    Deep nesting makes parsers recurse and (in pure Python) scan quadratically, so a hostile
+    ``[[[[...`` is refused by this linear pre-scan (skipping quoted text and comments) first.
     """
     if text.count("[") + text.count("{") <= MAX_DEPTH:
         return None
@@ -206,9 +256,15 @@ def _flow_too_deep(text: str) -> Position | None:
     return None
 
 
-def _compose_all(yaml: YAML, text: str) -> Iterator[Node]:
-    # compose_all yields lazily; materialising inside the try block keeps errors catchable.
-    yield from yaml.compose_all(text)
+def _compose_all(text: str) -> list[Node]:
+    loader = _Loader(text)
+    try:
+        nodes = []
+        while loader.check_node():
+            nodes.append(loader.get_node())
+        return nodes
+    finally:
+        loader.dispose()
 
 
 def _pos(node: Node) -> Position:
@@ -238,7 +294,8 @@ class _Builder:
             raise _TooBig(f"document is nested more than {MAX_DEPTH} levels deep", node)
         self.doc.values[path] = _pos(node)
         if isinstance(node, ScalarNode):
-            self.doc.scalars[path] = ScalarInfo(_pos(node), node.style)
+            # libyaml reports a plain scalar's style as "", the Python parser as None.
+            self.doc.scalars[path] = ScalarInfo(_pos(node), node.style or None)
             return _scalar(node)
         if isinstance(node, SequenceNode):
             return [self.build(item, (*path, i), depth + 1) for i, item in enumerate(node.value)]
@@ -308,10 +365,7 @@ def _format_key(key: Any) -> str:
 def _scalar(node: ScalarNode) -> Any:
     tag = str(node.tag)
     value: str = node.value
-    if node.style == ">":
-        # ruamel's composer marks fold points with BEL for round-tripping; they are not text.
-        value = value.replace("\a", "")
-    if not tag.startswith(_TAG) or node.style is not None:
+    if not tag.startswith(_TAG) or node.style:
         return value
     kind = tag[len(_TAG) :]
     if kind == "null":
