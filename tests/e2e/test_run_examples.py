@@ -180,6 +180,11 @@ def test_hvac_follows_the_room_temperature(run_example: Any) -> None:
 
     touch(hvac / "hvac.json")  # the file watcher's first look: variables are known
     run.wait_for(2)  # variables_changed, then the monitor finds it too warm
+    log = world / "hvac.log"
+    deadline = time.monotonic() + 10
+    while not (log.exists() and len(log.read_text().splitlines()) == 2):  # off, then on
+        assert time.monotonic() < deadline, "the unit was not switched on"
+        time.sleep(0.01)
     (world / "temperature").write_text("18\n")
     os.unlink(hvac / "hvac.json")  # variables gone: back to unknown
     run.wait_for(3)
