@@ -115,6 +115,13 @@ def stop(run: Run, signum: int = signal.SIGTERM) -> float:
     return elapsed
 
 
+def wait_for_lines(path: Path, count: int, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not (path.exists() and len(path.read_text().splitlines()) >= count):
+        assert time.monotonic() < deadline, f"{path} has fewer than {count} lines"
+        time.sleep(0.01)
+
+
 def touch(path: Path) -> None:
     path.write_text(path.read_text())
 
@@ -180,16 +187,13 @@ def test_hvac_follows_the_room_temperature(run_example: Any) -> None:
 
     touch(hvac / "hvac.json")  # the file watcher's first look: variables are known
     run.wait_for(2)  # variables_changed, then the monitor finds it too warm
-    log = world / "hvac.log"
-    deadline = time.monotonic() + 10
-    while not (log.exists() and len(log.read_text().splitlines()) == 2):  # off, then on
-        assert time.monotonic() < deadline, "the unit was not switched on"
-        time.sleep(0.01)
+    wait_for_lines(world / "hvac.log", 2)  # off, then on: let on.sh finish before going on
     (world / "temperature").write_text("18\n")
     os.unlink(hvac / "hvac.json")  # variables gone: back to unknown
     run.wait_for(3)
     (hvac / "hvac.json").write_text('{"target": 21}\n')
     run.wait_for(4)
+    wait_for_lines(world / "hvac.log", 4)
     time_to_stop = stop(run)
 
     assert run.transitions() == [
