@@ -162,6 +162,7 @@ class StoreManager:
         self._on_started = on_started
         self._on_removed = on_removed
         self.entries: dict[Path, MachineEntry] = {}
+        self._by_name: dict[str, MachineEntry] = {}
         self._uid = os.geteuid()
         self._pending: dict[Path, TimerHandle] = {}
         self._queue: asyncio.Queue[Path | None] = asyncio.Queue()
@@ -183,13 +184,22 @@ class StoreManager:
 
     def find(self, name: str) -> MachineEntry | None:
         """The entry of the machine called ``name`` (or whose directory is called ``name``)."""
-        for entry in self.sorted_entries():
-            if entry.machine is not None and entry.machine.name == name:
-                return entry
+        entry = self._by_name.get(name)
+        if entry is not None:
+            return entry
         for entry in self.sorted_entries():
             if entry.machine is None and entry.directory.name == name:
                 return entry
         return None
+
+    def _bind(self, entry: MachineEntry, machine: Machine) -> None:
+        entry.machine = machine
+        self._by_name.setdefault(machine.name, entry)
+
+    def _unbind(self, entry: MachineEntry) -> None:
+        if entry.machine is not None and self._by_name.get(entry.machine.name) is entry:
+            del self._by_name[entry.machine.name]
+        entry.machine = None
 
     def manifest_sha(self, name: str) -> str | None:
         entry = self.find(name)
@@ -391,7 +401,7 @@ class StoreManager:
             return
         for diagnostic in diagnostics:
             log.warning("  %s", diagnostic)
-        clash = self.find(manifest.name)
+        clash = self._by_name.get(manifest.name)
         if clash is not None and clash is not entry and clash.machine is not None:
             self.load_errors += 1
             entry.problem = f"machine name {manifest.name!r} is already used by {clash.directory}"
@@ -408,9 +418,9 @@ class StoreManager:
             machine.build_watchers()
         except Exception:
             self.load_errors += 1
-            entry.machine = machine
+            self._bind(entry, machine)
             return
-        entry.machine = machine
+        self._bind(entry, machine)
         self.group.add(machine)
         self.loads += 1
         log.warning(
@@ -424,21 +434,12 @@ class StoreManager:
         if self._on_started is not None:
             self._on_started(machine, manifest)
         if self._tasks is not None:
-            entry.task = self._tasks.create_task(
-                self._supervise(machine), name=f"machine {manifest.name}"
-            )
-
-    async def _supervise(self, machine: Machine) -> None:
-        try:
-            await machine.run()
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("machine %s failed", machine.name)
+            entry.task = self._tasks.create_task(machine.run(), name=f"machine {manifest.name}")
 
     async def _stop(self, entry: MachineEntry, why: str) -> None:
         machine, task = entry.machine, entry.task
-        entry.machine = entry.task = None
+        self._unbind(entry)
+        entry.task = None
         if machine is None:
             return
         log.warning("Stopping machine %s: %s", machine.name, why)

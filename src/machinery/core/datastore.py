@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -44,9 +45,15 @@ class DataStore:
     @staticmethod
     def _remove_leftovers(path: Path) -> None:
         # A process killed in the middle of a save leaves its temporary file behind.
-        for leftover in path.parent.glob(f".{path.name}.*.tmp"):
-            with contextlib.suppress(OSError):
-                leftover.unlink()
+        prefix = f".{path.name}."
+        try:
+            names = os.listdir(path.parent)
+        except OSError:
+            return
+        for name in names:
+            if name.startswith(prefix) and name.endswith(".tmp"):
+                with contextlib.suppress(OSError):
+                    os.unlink(path.parent / name)
 
     def _load(self, path: Path) -> None:
         try:

@@ -33,7 +33,7 @@ from machinery.core.notifications import (
 from machinery.core.process import CommandRunner
 from machinery.core.ratelimit import RateLimiter
 from machinery.lang.gjson import lookup as gjson_lookup
-from machinery.lang.template import STANDARD_FUNCTIONS, Template
+from machinery.lang.template import Template
 from machinery.spec.models import WatcherProperties, WatcherSpec
 from machinery.spec.validate import Manifest
 
@@ -159,8 +159,8 @@ class Machine:
         self._watcher_factory = watcher_factory
         self.watchers: list[WatcherRuntime] = []
         self.start_error: str | None = None
-        self._functions: dict[str, Callable[..., object]] = dict(STANDARD_FUNCTIONS)
-        self._functions["lookup"] = self._lookup
+        # Templates fall back to the standard functions themselves: only lookup is per machine.
+        self._functions: dict[str, Callable[..., object]] = {"lookup": self._lookup}
         if self.data.load_warning:
             self.log_warning("machine", self.data.load_warning)
 
@@ -266,19 +266,29 @@ class Machine:
             )
             self.start_time = self.clock.now()
             self.status = MachineStatus.RUNNING
-            async with asyncio.TaskGroup() as group:
-                for watcher in self.watchers:
-                    group.create_task(self._supervise(watcher), name=f"{self.name}#{watcher.name}")
-                    if watcher.spec.announce_interval:
-                        group.create_task(
-                            self._announce(watcher, watcher.spec.announce_interval),
-                            name=f"{self.name}#{watcher.name}:announce",
-                        )
+            await self._run_watchers()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # A bug in the runtime must not take other machines down with this one.
+            log.exception("%s#machine: failed", self.name)
+            self.status = MachineStatus.FAILED
         finally:
             for watcher in self.watchers:
                 watcher.close()
-            self.status = MachineStatus.STOPPED
+            if self.status is not MachineStatus.FAILED:
+                self.status = MachineStatus.STOPPED
             self.start_time = None
+
+    async def _run_watchers(self) -> None:
+        async with asyncio.TaskGroup() as group:
+            for watcher in self.watchers:
+                group.create_task(self._supervise(watcher), name=f"{self.name}#{watcher.name}")
+                if watcher.spec.announce_interval:
+                    group.create_task(
+                        self._announce(watcher, watcher.spec.announce_interval),
+                        name=f"{self.name}#{watcher.name}:announce",
+                    )
 
     async def _supervise(self, watcher: WatcherRuntime) -> None:
         # A watcher bug must not take the machine down: log it and start the watcher again.

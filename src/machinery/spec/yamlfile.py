@@ -32,23 +32,18 @@ MAX_DEPTH = 64
 _TAG = "tag:yaml.org,2002:"
 
 
-@dataclass(frozen=True, slots=True)
-class ScalarInfo:
-    """Where a scalar sits in the file, to place errors inside it (a template, a duration)."""
-
-    position: Position
-    style: str | None
-
-
 @dataclass(slots=True)
 class YamlDocument:
-    """A parsed YAML document: plain data plus the source position of each path in it."""
+    """A parsed YAML document: plain data plus where each path in it came from.
+
+    Positions are kept as the parser's nodes and turned into :class:`Position` only when a
+    problem is reported: most manifests have none, and a store of thousands loads faster.
+    """
 
     file: str
     data: Any = None
-    values: dict[Path, Position] = field(default_factory=dict)
-    keys: dict[Path, Position] = field(default_factory=dict)
-    scalars: dict[Path, ScalarInfo] = field(default_factory=dict)
+    values: dict[Path, Node] = field(default_factory=dict)
+    keys: dict[Path, Node] = field(default_factory=dict)
     diagnostics: list[Diagnostic] = field(default_factory=list)
     lines: list[str] = field(default_factory=list)
 
@@ -59,17 +54,18 @@ class YamlDocument:
     def key_position(self, path: Path) -> Position:
         """The position of the key naming ``path`` (falls back to the value's position)."""
         if path in self.keys:
-            return self.keys[path]
+            return _pos(self.keys[path])
         return self.value_position(path)
 
     def position_in_scalar(self, path: Path, offset: int) -> Position:
         """The position of character ``offset`` inside the scalar at ``path``, as near as YAML
         quoting allows (exact for plain and quoted single-line scalars and literal blocks)."""
-        info = self.scalars.get(path)
-        if info is None:
+        node = self.values.get(path)
+        if not isinstance(node, ScalarNode):
             return self.value_position(path)
-        start = info.position
-        if info.style in ("|", ">"):
+        start = _pos(node)
+        style = node.style or None
+        if style in ("|", ">"):
             # Block scalar text starts on the line after the indicator; its indent is not part of
             # the value, so find the line the offset falls on and add that line's indent.
             value = self._scalar_text(path)
@@ -77,7 +73,7 @@ class YamlDocument:
             line = start.line + 1 + before.count("\n")
             column = len(before) - (before.rfind("\n") + 1)
             return Position(line, self._block_indent(start.line) + column + 1)
-        text_offset = offset + (1 if info.style in ('"', "'") else 0)
+        text_offset = offset + (1 if style in ('"', "'") else 0)
         return Position(start.line, start.column + max(text_offset, 0))
 
     def _block_indent(self, indicator_line: int) -> int:
@@ -96,12 +92,13 @@ class YamlDocument:
                 return ""
         return value if isinstance(value, str) else ""
 
-    def _closest(self, table: dict[Path, Position], path: Path) -> Position:
+    def _closest(self, table: dict[Path, Node], path: Path) -> Position:
         while path:
             if path in table:
-                return table[path]
+                return _pos(table[path])
             path = path[:-1]
-        return table.get((), Position(1, 1))
+        root = table.get(())
+        return _pos(root) if root is not None else Position(1, 1)
 
 
 class _TooBig(Exception):
@@ -292,10 +289,8 @@ class _Builder:
             )
         if depth > MAX_DEPTH:
             raise _TooBig(f"document is nested more than {MAX_DEPTH} levels deep", node)
-        self.doc.values[path] = _pos(node)
+        self.doc.values[path] = node
         if isinstance(node, ScalarNode):
-            # libyaml reports a plain scalar's style as "", the Python parser as None.
-            self.doc.scalars[path] = ScalarInfo(_pos(node), node.style or None)
             return _scalar(node)
         if isinstance(node, SequenceNode):
             return [self.build(item, (*path, i), depth + 1) for i, item in enumerate(node.value)]
@@ -305,15 +300,18 @@ class _Builder:
 
     def _mapping(self, node: MappingNode, path: Path, depth: int) -> dict[Any, Any]:
         result: dict[Any, Any] = {}
-        seen: dict[Any, Position] = {}
+        seen: dict[Any, Node] = {}
         merged: list[dict[Any, Any]] = []
         for key_node, value_node in node.value:
             if str(key_node.tag) == _TAG + "merge":
                 merged.extend(self._merge_sources(value_node, path, depth))
                 continue
-            key = self.build(key_node, (*path, "<key>"), depth + 1)
-            self.doc.values.pop((*path, "<key>"), None)
-            self.doc.scalars.pop((*path, "<key>"), None)
+            if isinstance(key_node, ScalarNode):
+                self.count += 1
+                key = _scalar(key_node)
+            else:
+                key = self.build(key_node, (*path, "<key>"), depth + 1)
+                self.doc.values.pop((*path, "<key>"), None)
             if isinstance(key, (dict, list)):
                 self.doc.diagnostics.append(
                     _error(self.doc.file, _pos(key_node), "a mapping key must be a plain value")
@@ -323,7 +321,7 @@ class _Builder:
                 key = _format_key(key)
             child: Path = (*path, key)
             if key in seen:
-                first = seen[key]
+                first = _pos(seen[key])
                 self.doc.diagnostics.append(
                     Diagnostic(
                         self.doc.file,
@@ -332,8 +330,8 @@ class _Builder:
                         Severity.WARNING,
                     )
                 )
-            seen[key] = _pos(key_node)
-            self.doc.keys[child] = _pos(key_node)
+            seen[key] = key_node
+            self.doc.keys[child] = key_node
             result[key] = self.build(value_node, child, depth + 1)
         for source in merged:
             for key, value in source.items():

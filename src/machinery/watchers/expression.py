@@ -21,6 +21,8 @@ Expressions see:
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
@@ -58,7 +60,9 @@ class ExpressionProperties(WatcherProperties):
     )
 
 
+@lru_cache(maxsize=4096)
 def _compile(source: str) -> Expression:
+    # Cached: machines generated from one template share their compiled expressions.
     return compile_expression(source, ENVIRONMENT_NAMES, expect_bool=True)
 
 
