@@ -38,6 +38,7 @@ __all__ = [
     "GovernorError",
     "GovernorInfo",
     "GovernorTimeout",
+    "UnknownGovernor",
     "event_subject",
     "governed",
     "governor_event",
@@ -59,6 +60,14 @@ class GovernorError(Exception):
 
 class GovernorTimeout(GovernorError):
     """No slot became free within the timeout."""
+
+
+class UnknownGovernor(GovernorError):
+    """No governor of that name exists (NATS governors are created explicitly)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"unknown governor {name}")
+        self.name = name
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,11 +9,11 @@ door, :meth:`Machine.transition`.
 from __future__ import annotations
 
 import asyncio
-from array import array
 import enum
 import logging
 import random
 import uuid
+from array import array
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -21,9 +21,8 @@ Expressions see:
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 from collections.abc import Iterable, Mapping
+from functools import lru_cache
 from typing import Any, Final
 
 from pydantic import Field
