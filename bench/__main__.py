@@ -22,6 +22,7 @@ from machinery.core.loop import install_child_watcher
 
 SCENARIOS = {
     "fsm": "bench.fsm",
+    "pipeline": "bench.pipeline",
     "exec": "bench.exec_overhead",
     "file": "bench.file_latency",
     "store": "bench.store_scale",

@@ -194,6 +194,13 @@ class StateDB:
 AfterCommit = Callable[[], None]
 Operation = Callable[[sqlite3.Connection], AfterCommit | None]
 
+_UPSERT_STATE = (
+    "INSERT INTO machine_state (machine, state, manifest_sha256, instance, updated) "
+    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (machine) DO UPDATE SET state = excluded.state, "
+    "manifest_sha256 = excluded.manifest_sha256, instance = excluded.instance, "
+    "updated = excluded.updated"
+)
+
 
 class StateWriter:
     """Queues writes to a thread that commits them in batches."""
@@ -212,6 +219,7 @@ class StateWriter:
         self._manifest_sha = manifest_sha
         self._queue: queue.SimpleQueue[Operation | threading.Event | None] = queue.SimpleQueue()
         self._touched: set[str] = set()
+        self._latest_states: dict[str, tuple[str, str, str, str, float]] = {}
         self._last_prune = 0.0
         self.batches = 0
         self.written = 0
@@ -255,33 +263,27 @@ class StateWriter:
             float(event.timestamp),
         )
 
+        state = (event.machine, event.to_state, sha, event.id, row[-1])
+
         def write(db: sqlite3.Connection) -> None:
             db.execute(
                 "INSERT INTO history (machine, instance, version, transition, from_state, to_state, timestamp) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 row,
             )
-            db.execute(
-                "INSERT INTO machine_state (machine, state, manifest_sha256, instance, updated) VALUES (?, ?, ?, ?, ?) "
-                "ON CONFLICT (machine) DO UPDATE SET state = excluded.state, "
-                "manifest_sha256 = excluded.manifest_sha256, instance = excluded.instance, updated = excluded.updated",
-                (event.machine, event.to_state, sha, event.id, row[-1]),
-            )
+            # Only a machine's last state matters: written once per batch, in the same
+            # transaction (see _commit).
+            self._latest_states[event.machine] = state
             self._touched.add(event.machine)
 
         return write
 
     def record_state(self, machine: str, state: str, manifest_sha: str, instance: str) -> None:
         """Remember a machine's state without a transition (when it starts)."""
-        updated = time.time()
+        row = (machine, state, manifest_sha, instance, time.time())
 
         def write(db: sqlite3.Connection) -> None:
-            db.execute(
-                "INSERT INTO machine_state (machine, state, manifest_sha256, instance, updated) VALUES (?, ?, ?, ?, ?) "
-                "ON CONFLICT (machine) DO UPDATE SET state = excluded.state, "
-                "manifest_sha256 = excluded.manifest_sha256, instance = excluded.instance, updated = excluded.updated",
-                (machine, state, manifest_sha, instance, updated),
-            )
+            self._latest_states[machine] = row
 
         self.submit(write)
 
@@ -289,6 +291,7 @@ class StateWriter:
         """Drop a removed machine's resumable state (its history stays until pruned)."""
 
         def write(db: sqlite3.Connection) -> None:
+            self._latest_states.pop(machine, None)
             db.execute("DELETE FROM machine_state WHERE machine = ?", (machine,))
 
         self.submit(write)
@@ -358,8 +361,7 @@ class StateWriter:
             self.errors += lost
             log.error("could not write %d state records: %s", lost, self.last_error)
 
-    @staticmethod
-    def _commit(db: sqlite3.Connection, operations: list[Operation]) -> None:
+    def _commit(self, db: sqlite3.Connection, operations: list[Operation]) -> None:
         hooks: list[AfterCommit] = []
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -367,8 +369,12 @@ class StateWriter:
                 hook = operation(db)
                 if hook is not None:
                     hooks.append(hook)
+            if self._latest_states:
+                db.executemany(_UPSERT_STATE, list(self._latest_states.values()))
+                self._latest_states.clear()
             db.execute("COMMIT")
         except BaseException:
+            self._latest_states.clear()
             with contextlib.suppress(sqlite3.Error):
                 db.execute("ROLLBACK")
             raise
