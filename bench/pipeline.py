@@ -47,9 +47,10 @@ async def _measure(count: int, directory: Path) -> float:
     jsonl.flush()
     await asyncio.to_thread(writer.flush, 60)
     elapsed = time.perf_counter() - started
-    lines = sum(1 for _ in open(directory / "events.jsonl"))
+    lines = len((directory / "events.jsonl").read_bytes().splitlines())
     rows = db.count("history")
-    assert lines == count and rows == min(count, 1000) or rows >= 1000, (lines, rows)
+    assert lines == count, (lines, count)  # every event written
+    assert rows >= min(count, 1000), rows  # history recorded (pruned to 1000 per machine)
     writer.close()
     db.close()
     jsonl.close()
