@@ -27,6 +27,7 @@ SCENARIOS = {
     "file": "bench.file_latency",
     "store": "bench.store_scale",
     "simulation": "bench.simulation",
+    "nats": "bench.nats_publish",
 }
 
 

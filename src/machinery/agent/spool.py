@@ -10,6 +10,7 @@ most the batch being written; after a restart the publisher resumes from the old
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import sqlite3
@@ -26,6 +27,7 @@ __all__ = ["EventSpool", "SpooledEvent"]
 log = logging.getLogger("machinery.spool")
 
 _AGE_CHECK_EVERY = 5.0
+_RECENT_LIMIT = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +75,10 @@ class EventSpool:
         if self._count:
             self._available.set()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._recent: collections.deque[SpooledEvent] = collections.deque()
+        # True while the memory copy starts at the oldest stored row (nothing was left over
+        # from a previous run), so the first read may take it without asking the database.
+        self._continuous = self._count == 0
 
     def close(self) -> None:
         with self._read_lock:
@@ -107,10 +113,16 @@ class EventSpool:
             db.executemany(
                 "INSERT INTO spool (subject, msg_id, payload, created) VALUES (?, ?, ?, ?)", rows
             )
+            # One writer and AUTOINCREMENT: the rows of one executemany have consecutive seqs.
+            last = int(db.execute("SELECT last_insert_rowid()").fetchone()[0])
+            stored = [
+                SpooledEvent(last - len(rows) + 1 + i, subject, msg_id, payload)
+                for i, (subject, msg_id, payload, _) in enumerate(rows)
+            ]
             self._count += len(rows)
             self._bytes += sum(len(payload) for _, _, payload, _ in rows)
             dropped = self._enforce_bounds(db)
-            return lambda: self._committed(dropped)
+            return lambda: self._committed(dropped, stored)
 
         return insert
 
@@ -144,15 +156,24 @@ class EventSpool:
         self._bytes -= int(row[1])
         return int(row[0])
 
-    def _committed(self, dropped: int) -> None:
-        # Writer thread, after the commit: hand the news to the loop.
+    def _committed(self, dropped: int, stored: list[SpooledEvent] | None = None) -> None:
+        # Writer thread, after the commit: hand the news (and the durable rows) to the loop.
         depth = self._count
         if self._loop is not None and not self._loop.is_closed():
             with contextlib.suppress(RuntimeError):
-                self._loop.call_soon_threadsafe(self._on_loop_committed, depth, dropped)
+                self._loop.call_soon_threadsafe(self._on_loop_committed, depth, dropped, stored)
 
-    def _on_loop_committed(self, depth: int, dropped: int) -> None:
+    def _on_loop_committed(
+        self, depth: int, dropped: int, stored: list[SpooledEvent] | None = None
+    ) -> None:
         self.depth = depth
+        if stored:
+            # Durable rows, kept in memory so the publisher need not read them back; beyond a
+            # bound (a long outage) it reads from the database instead.
+            if dropped or len(self._recent) + len(stored) > _RECENT_LIMIT:
+                self._recent.clear()
+            else:
+                self._recent.extend(stored)
         if dropped:
             self.dropped += dropped
             log.warning(
@@ -173,6 +194,12 @@ class EventSpool:
 
     async def read(self, after: int, limit: int = 1000) -> list[SpooledEvent]:
         """The oldest stored messages with ``seq > after``."""
+        recent = self._recent
+        while recent and recent[0].seq <= after:
+            recent.popleft()
+        if recent and (recent[0].seq == after + 1 or (after == 0 and self._continuous)):
+            return [recent.popleft() for _ in range(min(limit, len(recent)))]
+        self._continuous = False
         rows = await asyncio.to_thread(self._read, after, limit)
         if not rows:
             self._available.clear()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -78,7 +77,8 @@ def new_event_id() -> str:
     bits = _ids.getrandbits(128)
     bits = (bits & ~(0xF000 << 64)) | (0x4000 << 64)  # version 4
     bits = (bits & ~(0xC000 << 48)) | (0x8000 << 48)  # RFC 4122 variant
-    return str(uuid.UUID(int=bits))
+    h = f"{bits:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def to_cloudevent(event: MachineEvent, event_id: str | None = None) -> dict[str, Any]:

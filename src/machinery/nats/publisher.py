@@ -15,7 +15,7 @@ import logging
 
 from machinery.agent.spool import EventSpool, SpooledEvent
 from machinery.core.notifications import MachineEvent
-from machinery.events.cloudevents import go_json, to_cloudevent
+from machinery.events.cloudevents import encode_cloudevent, new_event_id
 from machinery.nats.connection import BrokerConnection
 
 __all__ = ["EventPublisher"]
@@ -38,8 +38,8 @@ class EventPublisher:
         self.last_published: float | None = None
 
     def notify(self, event: MachineEvent) -> None:
-        document = to_cloudevent(event)
-        self.spool.append(event.subject, str(document["id"]), go_json(document).encode())
+        event_id = new_event_id()
+        self.spool.append(event.subject, event_id, encode_cloudevent(event, event_id).encode())
 
     async def run(self) -> None:
         acknowledged = 0
