@@ -26,6 +26,7 @@ SCENARIOS = {
     "exec": "bench.exec_overhead",
     "file": "bench.file_latency",
     "store": "bench.store_scale",
+    "scale": "bench.scale",
     "simulation": "bench.simulation",
     "nats": "bench.nats_publish",
 }

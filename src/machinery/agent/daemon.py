@@ -122,6 +122,7 @@ class Agent:
             host=self.group,
             file_monitor=monitor,
             rate_limit=settings.rate_limit,
+            stagger_ticks=True,
             textfile_directory=settings.textfile_directory,
             overrides_file=settings.overrides_file,
         )

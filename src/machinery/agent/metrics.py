@@ -14,10 +14,17 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from machinery import __version__
+from machinery.core.clock import TICK_LATENESS
 from machinery.core.notifications import MachineEvent, TransitionNotification
 
 if TYPE_CHECKING:
@@ -194,6 +201,18 @@ class _Current(Collector):
             "machinery_event_subscribers", "Live event-stream clients.", agent.bus.subscriber_count
         )
         yield _gauge("machinery_start_time_seconds", "Unix time the agent started.", agent.started)
+        lateness = HistogramMetricFamily(
+            "machinery_tick_lateness_seconds",
+            "How late watcher interval ticks fired (event-loop scheduling jitter).",
+        )
+        cumulative, buckets = 0, []
+        for bound, count in zip(
+            (*TICK_LATENESS.BOUNDS, float("inf")), TICK_LATENESS.buckets, strict=True
+        ):
+            cumulative += count
+            buckets.append((str(bound) if bound != float("inf") else "+Inf", cumulative))
+        lateness.add_metric([], buckets, TICK_LATENESS.total)
+        yield lateness
 
 
 def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily:

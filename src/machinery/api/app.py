@@ -25,6 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from machinery import __version__
 from machinery.api.choria import choria_router
+from machinery.api.dashboard import router as dashboard_router
 from machinery.core.machine import Machine
 from machinery.core.notifications import MachineEvent, TransitionNotification
 from machinery.events.bus import SubscriberLimitError
@@ -33,6 +34,7 @@ from machinery.spec.graph import to_dot
 
 if TYPE_CHECKING:
     from machinery.agent.daemon import Agent
+    from machinery.agent.store import MachineEntry
 
 __all__ = ["NAME_PATTERN", "create_app", "install_error_handlers"]
 
@@ -65,6 +67,17 @@ class MachineStatus(BaseModel):
     errors: list[str] | None = None
     diagnostics: list[dict[str, Any]] | None = None
     warnings: list[str] | None = None
+    state_entered: float | None = Field(
+        None, description="wall time (Unix seconds) the machine entered its current state"
+    )
+
+
+def _machine_status(entry: MachineEntry) -> MachineStatus:
+    """The entry as the API shows it, with when its machine entered its current state."""
+    status = MachineStatus(**entry.to_dict())
+    if entry.machine is not None:
+        status.state_entered = round(entry.machine.state_entered, 3)
+    return status
 
 
 class MachineList(BaseModel):
@@ -208,6 +221,7 @@ def create_app(agent: Agent) -> FastAPI:
             )
 
     app.include_router(choria_router(lambda: agent.node, require_token))
+    app.include_router(dashboard_router(mode="agent"))
 
     @app.get("/healthz", response_model=Health, tags=["agent"])
     async def get_health() -> Health:
@@ -229,7 +243,7 @@ def create_app(agent: Agent) -> FastAPI:
     )
     async def list_machines() -> MachineList:
         entries = agent.store.sorted_entries() if agent.store is not None else []
-        return MachineList(machines=[MachineStatus(**e.to_dict()) for e in entries])
+        return MachineList(machines=[_machine_status(e) for e in entries])
 
     @app.get(
         "/api/v1/machines/{name}",
@@ -242,7 +256,7 @@ def create_app(agent: Agent) -> FastAPI:
         entry = agent.store.find(name) if agent.store is not None else None
         if entry is None:
             raise HTTPException(404, f"machine {name} not found")
-        return MachineStatus(**entry.to_dict())
+        return _machine_status(entry)
 
     @app.post(
         "/api/v1/machines/{name}/transition",
@@ -409,7 +423,13 @@ def create_app(agent: Agent) -> FastAPI:
     )
     async def get_metrics() -> PlainTextResponse:
         """Prometheus metrics (see docs/metrics.md)."""
-        body = generate_latest(agent.metrics.registry) if agent.metrics is not None else b""
+        # Thousands of machines make a big page: render it in a thread so a scrape does not
+        # delay the machines' timers.
+        body = (
+            await asyncio.to_thread(generate_latest, agent.metrics.registry)
+            if agent.metrics is not None
+            else b""
+        )
         return PlainTextResponse(body, media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/api/v1/agent", tags=["agent"])

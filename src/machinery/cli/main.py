@@ -396,12 +396,16 @@ def watch(
 
 
 def _register_commands() -> None:
+    from machinery.cli.dashboard import dashboard as dashboard_command
     from machinery.cli.plugins import app as plugins_app
     from machinery.cli.testing import simulate, test
 
     app.command(name="test")(test)
     app.command(name="simulate")(simulate)
-    app.add_typer(plugins_app, name="plugins", help="Sign and manage machines/plugins specifications.")
+    app.command(name="dashboard")(dashboard_command)
+    app.add_typer(
+        plugins_app, name="plugins", help="Sign and manage machines/plugins specifications."
+    )
 
 
 _register_commands()

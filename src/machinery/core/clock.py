@@ -19,7 +19,15 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, Protocol
 
-__all__ = ["Clock", "FakeClock", "SystemClock", "Ticker", "TimerHandle"]
+__all__ = [
+    "TICK_LATENESS",
+    "Clock",
+    "FakeClock",
+    "Lateness",
+    "SystemClock",
+    "Ticker",
+    "TimerHandle",
+]
 
 
 class TimerHandle(Protocol):
@@ -173,6 +181,45 @@ class FakeClock(Clock):
             heapq.heappop(self._timers)
 
 
+class Lateness:
+    """How late interval ticks fire, as a cumulative histogram (for ``/metrics``).
+
+    A tick is late when the loop was too busy to run its timer on time: this is the scheduling
+    jitter operators care about on a node with thousands of machines.
+    """
+
+    BOUNDS: tuple[float, ...] = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 5.0)
+
+    __slots__ = ("buckets", "count", "total")
+
+    def __init__(self) -> None:
+        self.buckets = [0] * (len(self.BOUNDS) + 1)
+        self.count = 0
+        self.total = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.count += 1
+        self.total += seconds
+        for i, bound in enumerate(self.BOUNDS):
+            if seconds <= bound:
+                self.buckets[i] += 1
+                return
+        self.buckets[-1] += 1
+
+    def quantile(self, q: float) -> float:
+        """An upper bound of the ``q`` quantile (the bucket it falls in)."""
+        wanted = q * self.count
+        seen = 0
+        for i, count in enumerate(self.buckets):
+            seen += count
+            if seen >= wanted and count:
+                return self.BOUNDS[i] if i < len(self.BOUNDS) else float("inf")
+        return 0.0
+
+
+TICK_LATENESS = Lateness()
+
+
 class Ticker:
     """Calls ``callback`` every ``interval`` seconds at a fixed rate.
 
@@ -211,6 +258,7 @@ class Ticker:
 
     def _fire(self) -> None:
         now = self._clock.monotonic()
+        TICK_LATENESS.observe(max(now - self._next, 0.0))
         self._next += self._interval
         if self._next <= now:
             missed = int((now - self._next) // self._interval) + 1

@@ -40,6 +40,9 @@ class Node:
     host: MachineHost | None = None
     file_monitor: FileMonitor | None = None
     rate_limit: bool = True
+    # Spread each interval watcher's first tick over one more interval (the agent turns this on):
+    # thousands of machines started together would otherwise tick in lockstep.
+    stagger_ticks: bool = False
     # node_exporter textfile directory for the nagios and metric watchers (Choria's
     # plugin.choria.prometheus_textfile_directory) and the Scout overrides file.
     textfile_directory: Path | None = None

@@ -161,11 +161,14 @@ class PolledWatcher(Watcher[P]):
     async def run(self) -> None:
         ticker = None
         if self.interval > 0:
+            first = self.first_delay()
+            if first is None and self.machine.node.stagger_ticks:
+                first = self.interval * (1 + self.machine.random.random())
             ticker = Ticker(
                 self.machine.clock,
                 self.interval,
                 lambda: self._wakeup.set(TICK),
-                first_delay=self.first_delay(),
+                first_delay=first,
             )
         try:
             await self.on_start()

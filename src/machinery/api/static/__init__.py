@@ -1,0 +1,1 @@
+"""The dashboard's bundled files (HTML, JavaScript modules, CSS, icon); see ``api/dashboard.py``."""
