@@ -24,6 +24,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import anyio
+
 from machinery import __version__
 from machinery.agent.config import ConfigError, LoadedSettings, Settings, load_settings
 from machinery.agent.host import MachineGroup
@@ -86,6 +88,7 @@ class Agent:
         self.broker = BrokerConnection(self.settings.nats)
         self.spool: EventSpool | None = None
         self.metrics: AgentMetrics | None = None
+        self.sse_shutdown: anyio.Event | None = None
         self.publisher: EventPublisher | None = None
 
     # -- the run ------------------------------------------------------------------------------
@@ -159,6 +162,7 @@ class Agent:
             on_started=self._machine_started,
             on_removed=self._machine_removed,
         )
+        self.sse_shutdown = anyio.Event()
         loop = asyncio.get_running_loop()
         if self._install_signals:
             for signum in (signal.SIGINT, signal.SIGTERM):
@@ -184,6 +188,8 @@ class Agent:
                     http_task = tasks.create_task(self._serve_http(sock), name="http")
                 await self._stop.wait()
                 log.info("stopping")
+                if self.sse_shutdown is not None:
+                    self.sse_shutdown.set()  # end event streams now, not after a grace period
                 if http_task is not None:
                     self._stop_http()
                 store_task.cancel()

@@ -413,7 +413,9 @@ def create_app(agent: Agent) -> FastAPI:
             finally:
                 await subscription.__aexit__(None, None, None)
 
-        return EventSourceResponse(stream(), ping=15, send_timeout=30)
+        return EventSourceResponse(
+            stream(), ping=15, send_timeout=30, shutdown_event=agent.sse_shutdown
+        )
 
     @app.get(
         "/metrics",

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Path
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from machinery.agent.localgovernor import LocalGovernor
 from machinery.core.governor import (
     DEFAULT_LEASE,
     Governor,
@@ -110,7 +111,7 @@ def router(agent: Agent, require_token: Callable[..., Any]) -> APIRouter:
         found = node.service("governor") if node is not None else None
         if found is None:
             raise HTTPException(503, "this agent has no governor service")
-        backend = "nats" if type(found).__module__.startswith("machinery.nats") else "local"
+        backend = "local" if isinstance(found, LocalGovernor) else "nats"
         return found, backend
 
     def view(info: GovernorInfo, backend: str) -> GovernorView:

@@ -71,7 +71,13 @@ def _info_dict(info: GovernorInfo, backend: str) -> dict[str, Any]:
     }
 
 
-def _on_nats(url: str, credentials: Path | None, action: Callable[[Any], Awaitable[T]]) -> T:
+def _on_nats(
+    url: str,
+    credentials: Path | None,
+    action: Callable[[Any], Awaitable[T]],
+    *,
+    replicas: int = 1,
+) -> T:
     """Run ``action(governor)`` against a NatsGovernor on a short-lived connection."""
     import nats
 
@@ -100,7 +106,7 @@ def _on_nats(url: str, credentials: Path | None, action: Callable[[Any], Awaitab
             reason = str(exc) or type(exc).__name__
             raise _Failed(f"cannot connect to {url}: {reason}") from None
         try:
-            governor = NatsGovernor(ClientConnection(client), SystemClock())
+            governor = NatsGovernor(ClientConnection(client), SystemClock(), replicas=replicas)
             try:
                 return await action(governor)
             except GovernorError as exc:
@@ -170,6 +176,10 @@ def add(
         str,
         typer.Option(help="How long a crashed holder keeps its slot (NATS governors only)."),
     ] = format_go_duration(DEFAULT_LEASE),
+    replicas: Annotated[
+        int,
+        typer.Option(help="With --nats: replicas of a new governor's bucket.", min=1, max=5),
+    ] = 1,
     nats: NatsOption = None,
     credentials: CredentialsOption = None,
     agent_url: AgentOption = None,
@@ -185,7 +195,7 @@ def add(
                 await governor.add(name, capacity, lease=seconds)
                 return _info_dict(await governor.view(name), "nats")
 
-            view = _on_nats(nats, credentials, action)
+            view = _on_nats(nats, credentials, action, replicas=replicas)
         else:
             view = _on_agent(
                 agent_url,

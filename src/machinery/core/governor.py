@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import re
 import uuid
 from collections.abc import AsyncIterator
@@ -44,8 +43,6 @@ __all__ = [
     "governor_event",
     "validate_name",
 ]
-
-log = logging.getLogger("machinery.governor")
 
 DEFAULT_LEASE = 300.0
 EVENT_PROTOCOL = "io.choria.lifecycle.v1.governor"

@@ -11,6 +11,7 @@ import json
 import os
 import random
 from datetime import UTC, datetime
+from collections.abc import Callable
 from typing import Any
 
 from machinery.core.notifications import (
@@ -103,7 +104,7 @@ def encode_cloudevent(event: MachineEvent, event_id: str | None = None) -> str:
     return go_json(to_cloudevent(event, event_id))
 
 
-_quote: Any = json.encoder.encode_basestring  # type: ignore[attr-defined]  # the C encoder
+_quote: Callable[[str], str] = json.encoder.encode_basestring  # the C encoder
 
 
 def _encode_transition(event: TransitionNotification, event_id: str) -> str:

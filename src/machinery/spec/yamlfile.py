@@ -109,6 +109,7 @@ class _TooBig(Exception):
 
 # libyaml's C parser is ~30x faster than a pure-Python one: it matters for a store of thousands
 # of machines (see docs/performance.md). The pure-Python parser is the fallback.
+_CParser: Any
 try:
     from yaml._yaml import CParser as _CParser
 except ImportError:  # PyYAML built without libyaml
@@ -122,7 +123,11 @@ class _Yaml12Resolver(BaseResolver):
 for _tag, _pattern, _first in (
     ("bool", r"^(?:true|True|TRUE|false|False|FALSE)$", "tTfF"),
     ("int", r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$", "-+0123456789"),
-    ("float", r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$", "-+.0123456789"),
+    (
+        "float",
+        r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$",
+        "-+.0123456789",
+    ),
     ("null", r"^(?:~|null|Null|NULL|)$", ["~", "n", "N", ""]),
     ("merge", r"^(?:<<)$", "<"),
 ):
@@ -133,7 +138,7 @@ for _tag, _pattern, _first in (
 
 if _CParser is not None:
 
-    class _Loader(_CParser, _Yaml12Resolver):  # type: ignore[misc]
+    class _Loader(_CParser, _Yaml12Resolver):  # type: ignore[misc]  # a C extension type
         """Composes nodes only (with libyaml): construction is ours."""
 
         def __init__(self, stream: str) -> None:
@@ -143,7 +148,10 @@ if _CParser is not None:
 else:  # pragma: no cover - PyYAML wheels ship libyaml
 
     class _Loader(  # type: ignore[no-redef]
-        yaml.reader.Reader, yaml.scanner.Scanner, yaml.parser.Parser, yaml.composer.Composer,
+        yaml.reader.Reader,
+        yaml.scanner.Scanner,
+        yaml.parser.Parser,
+        yaml.composer.Composer,
         _Yaml12Resolver,
     ):
         """Composes nodes only (pure Python): construction is ours."""
@@ -256,9 +264,11 @@ def _flow_too_deep(text: str) -> Position | None:
 def _compose_all(text: str) -> list[Node]:
     loader = _Loader(text)
     try:
-        nodes = []
+        nodes: list[Node] = []
         while loader.check_node():
-            nodes.append(loader.get_node())
+            node = loader.get_node()
+            if node is not None:
+                nodes.append(node)
         return nodes
     finally:
         loader.dispose()

@@ -8,11 +8,11 @@ extractor of :mod:`machinery.core.extract`, verified again, and swapped into pla
 so a failure at any step leaves the previous install exactly as it was. The result is
 ``downloaded``; any failure is ``error``. Credentials never appear in events or logs.
 
-Node service used: ``governor`` (optional, provided by the agent once NATS is configured; see
-:class:`Governor`). When a watcher names a governor, a slot is taken with
-``await node.service("governor").acquire(name, timeout)`` before downloading and held (as an
-async context manager) until the new archive is in place; without the service the watcher
-downloads without one.
+Node service used: ``governor`` (:class:`machinery.core.governor.Governor`, provided by the
+agent: NATS governors with NATS, its local ones otherwise). When a watcher names a governor, a
+slot is taken through :func:`machinery.core.governor.governed` before downloading and held until
+the new archive is in place; a verified install takes none. Without the service (``machinery
+run``) the watcher warns once and downloads ungoverned.
 """
 
 from __future__ import annotations
@@ -27,9 +27,8 @@ import tempfile
 import time
 import urllib.parse
 from collections.abc import Iterable, Mapping
-from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Annotated, Any, BinaryIO, Protocol
+from typing import Annotated, Any, BinaryIO
 
 import httpx
 from pydantic import BeforeValidator, Field, WithJsonSchema
@@ -46,6 +45,7 @@ from machinery.core.extract import (
     replace_tree,
     verify_sums,
 )
+from machinery.core.governor import GovernorError, governed
 from machinery.core.wakeup import TICK
 from machinery.lang.duration import format_go_duration
 from machinery.lang.template import Template, TemplateError
@@ -57,7 +57,6 @@ from machinery.watchers.base import PolledWatcher
 __all__ = [
     "ArchiveProperties",
     "ArchiveWatcher",
-    "Governor",
     "parse_byte_size",
     "redact_url",
 ]
@@ -90,20 +89,6 @@ _SIZE_UNITS = {
     "gib": 1024**3,
     "tib": 1024**4,
 }
-
-
-class Governor(Protocol):
-    """A named concurrency limiter shared by many nodes (Choria Governor, spec 1.12)."""
-
-    # The timeout is the governor's own business (it waits on NATS), hence the parameter.
-    async def acquire(
-        self,
-        name: str,
-        timeout: float,  # noqa: ASYNC109
-    ) -> AbstractAsyncContextManager[Any]:
-        """Wait up to ``timeout`` seconds for a slot in governor ``name``; the slot is held
-        while the returned context is entered. Raises when no slot could be had."""
-        ...
 
 
 def parse_byte_size(value: Any) -> int:
@@ -311,23 +296,11 @@ class ArchiveWatcher(PolledWatcher[ArchiveProperties]):
         if not name:
             return await self._deploy()
         timeout = self.properties.governor_timeout or DEFAULT_GOVERNOR_TIMEOUT
-        service: Governor | None = self.machine.node.service("governor")
-        if service is None:
-            self.log_debug(
-                f"Governor {name} is not used: governors take effect once NATS is configured"
-            )
-            return await self._deploy()
-        self.log_info(
-            f"Obtaining a slot in the {name} Governor with {format_go_duration(timeout)} timeout"
-        )
         try:
-            slot = await service.acquire(name, timeout)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
+            async with governed(self.machine, self.name, name, timeout):
+                return await self._deploy()
+        except GovernorError as exc:
             raise _Failure(f"Cannot enter Governor {name}: {exc}") from None
-        async with slot:
-            return await self._deploy()
 
     def _render(self, template: Template, what: str, *, strip: bool = True) -> str:
         try:

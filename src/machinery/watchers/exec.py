@@ -4,6 +4,9 @@ Runs on every real transition into or within its states and on its interval, nev
 The command line is split into arguments before each argument is rendered, so facts and data
 can never add arguments; the child gets a fresh environment, runs in the machine directory in
 its own process group, and is killed as a group on timeout or stop.
+
+With ``governor`` set, a slot in that governor (node service ``governor``, see
+:mod:`machinery.core.governor`) is held while the command runs; not getting one is an error.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any
 
 from pydantic import Field
 
+from machinery.core.governor import GovernorError, governed
 from machinery.core.process import CommandRequest
 from machinery.lang.cmdline import render_command
 from machinery.lang.template import TemplateError
@@ -36,6 +40,7 @@ from machinery.watchers.base import PolledWatcher
 __all__ = ["ExecProperties", "ExecWatcher", "child_environment"]
 
 DEFAULT_TIMEOUT = 10.0
+DEFAULT_GOVERNOR_TIMEOUT = 300.0
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # The first run with gather_initial_state comes after a random delay up to this.
 _GATHER_SPLAY = 30.0
@@ -99,6 +104,7 @@ class ExecWatcher(PolledWatcher[ExecProperties]):
         super().__init__(*args, **kwargs)
         self._arguments = compile_command(self.properties.command)
         self._environment = [compile_template(e) for e in self.properties.environment]
+        self._governor = compile_template(self.properties.governor)
         self.previous_outcome = "unknown"
         self.previous_run_time = 0.0
 
@@ -113,7 +119,7 @@ class ExecWatcher(PolledWatcher[ExecProperties]):
             self.record("skipped")
             return
         started = time.monotonic()
-        error = await self._execute()
+        error = await self._governed_execute()
         self.previous_run_time = time.monotonic() - started
         if error is not None:
             self.previous_outcome = "error"
@@ -129,6 +135,23 @@ class ExecWatcher(PolledWatcher[ExecProperties]):
         if not self.properties.suppress_success_announce:
             self.publish()
         await self.fire_success()
+
+    async def _governed_execute(self) -> str | None:
+        """Run the command, inside a governor slot when ``governor`` names one."""
+        if not self.properties.governor:
+            return await self._execute()
+        try:
+            name = self.machine.render(self._governor).strip()
+        except TemplateError as exc:
+            return f"could not process governor template: {exc}"
+        if not name:
+            return await self._execute()
+        timeout = self.properties.governor_timeout or DEFAULT_GOVERNOR_TIMEOUT
+        try:
+            async with governed(self.machine, self.name, name, timeout):
+                return await self._execute()
+        except GovernorError as exc:
+            return f"Cannot enter Governor {name}: {exc}"
 
     async def _execute(self) -> str | None:
         """Run the command once; None on success, else why it failed."""
