@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import json
 import logging
 import os
@@ -282,23 +281,20 @@ class Agent:
         assert self.db is not None
         node.provide("nats", self.broker)
         if self.broker.enabled:
-            if _exists("machinery.nats.kv"):
-                from machinery.nats.kv import NatsKV
+            from machinery.nats.governor import NatsGovernor
+            from machinery.nats.kv import NatsKV
 
-                node.provide("kv", NatsKV(self.broker))
-            if _exists("machinery.nats.governor"):
-                from machinery.nats.governor import NatsGovernor
-
-                node.provide("governor", NatsGovernor(self.broker, node.clock))
+            node.provide("kv", NatsKV(self.broker))
+            node.provide("governor", NatsGovernor(self.broker, node.clock))
         else:
-            if _exists("machinery.agent.localkv"):
-                from machinery.agent.localkv import LocalKV
+            from machinery.agent.localgovernor import LocalGovernor
+            from machinery.agent.localkv import LocalKV
 
-                node.provide("kv", LocalKV(self.db.path))
-            if _exists("machinery.agent.localgovernor"):
-                from machinery.agent.localgovernor import LocalGovernor
-
-                node.provide("governor", LocalGovernor(node.clock))
+            node.provide("kv", LocalKV(self.db.path))
+            node.provide(
+                "governor",
+                LocalGovernor(node.clock, path=self.settings.state_dir / "governors.json"),
+            )
 
     def _machine_removed(self, name: str) -> None:
         if self.writer is not None:
@@ -391,11 +387,6 @@ class Agent:
             "spool_depth": self.spool.depth if self.spool is not None else 0,
             "state_write_errors": self.writer.errors if self.writer else 0,
         }
-
-
-def _exists(module: str) -> bool:
-    # Broker services still being written are skipped; a module that exists must import.
-    return importlib.util.find_spec(module) is not None
 
 
 def run_agent(config_file: Path | None, flags: dict[str, Any]) -> int:

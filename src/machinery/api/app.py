@@ -26,6 +26,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from machinery import __version__
 from machinery.api.choria import choria_router
 from machinery.api.dashboard import router as dashboard_router
+from machinery.api.governor import router as governor_router
+from machinery.api.kv import router as kv_router
 from machinery.core.machine import Machine
 from machinery.core.notifications import MachineEvent, TransitionNotification
 from machinery.events.bus import SubscriberLimitError
@@ -222,6 +224,8 @@ def create_app(agent: Agent) -> FastAPI:
 
     app.include_router(choria_router(lambda: agent.node, require_token))
     app.include_router(dashboard_router(mode="agent"))
+    app.include_router(governor_router(agent, require_token))
+    app.include_router(kv_router(agent, require_token))
 
     @app.get("/healthz", response_model=Health, tags=["agent"])
     async def get_health() -> Health:

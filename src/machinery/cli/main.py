@@ -397,6 +397,8 @@ def watch(
 
 def _register_commands() -> None:
     from machinery.cli.dashboard import dashboard as dashboard_command
+    from machinery.cli.governor import app as governor_app
+    from machinery.cli.kv import app as kv_app
     from machinery.cli.plugins import app as plugins_app
     from machinery.cli.testing import simulate, test
 
@@ -406,6 +408,8 @@ def _register_commands() -> None:
     app.add_typer(
         plugins_app, name="plugins", help="Sign and manage machines/plugins specifications."
     )
+    app.add_typer(governor_app, name="governor", help="Inspect and manage governors.")
+    app.add_typer(kv_app, name="kv", help="Read and write the key-value store.")
 
 
 _register_commands()
