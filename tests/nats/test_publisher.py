@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 from pathlib import Path
@@ -137,3 +138,48 @@ async def test_no_event_lost_or_duplicated_across_a_broker_outage(
     # In order: the outage's switch_on/switch_off pairs alternate exactly.
     tail = names[-OUTAGE_EVENTS:]
     assert tail == ["switch_on", "switch_off"] * (OUTAGE_EVENTS // 2)
+
+
+async def test_a_full_spool_drops_the_oldest_and_says_so(
+    agent_factory: Any, tmp_path: Path
+) -> None:
+    server = NatsServer(tmp_path / "late")  # started once the spool has overflowed
+    async with agent_factory(**{"nats.servers": server.url, "spool.max_events": 40}) as run:
+        write(run.store, "lamp", LAMP.format(name="lamp").replace("interval: 1m", "interval: 1h"))
+        await run.wait(lambda: run.entry_status("lamp") == "running")
+        machine = run.agent.store.find("lamp").machine
+        for _ in range(50):
+            await machine.transition("switch_on")
+            await machine.transition("switch_off")
+        spool = run.agent.spool
+        await run.wait(lambda: spool.dropped > 0, what="oldest events dropped")
+        metrics = (await run.http.get("/metrics")).text
+        assert f"machinery_spool_dropped_total {float(spool.dropped)}" in metrics
+        server.start()
+        try:
+            client, received = await subscriber(server.url, ">")
+            try:
+                await run.wait(lambda: spool.depth == 0, timeout=30, what="spool drained")
+                await run.wait(
+                    lambda: any(m.subject == "machinery.agent.spool_dropped" for m in received),
+                    what="the drop warning on NATS",
+                )
+            finally:
+                await client.close()
+        finally:
+            server.stop()
+    warnings = [
+        json.loads(m.data) for m in received if m.subject == "machinery.agent.spool_dropped"
+    ]
+    assert warnings[0]["type"] == "io.machinery.agent.v1.spool_dropped"
+    assert warnings[0]["data"]["identity"] == "agent.example.net"
+    assert sum(w["data"]["dropped"] for w in warnings) == warnings[-1]["data"]["dropped_total"]
+    # What survived is the newest events, still in order: the last transition is the last one.
+    transitions = [
+        json.loads(m.data)["data"]["transition"]
+        for m in received
+        if m.subject == "choria.machine.transition"
+    ]
+    assert 0 < len(transitions) <= 40
+    assert transitions[-1] == "switch_off"
+    assert all(a != b for a, b in itertools.pairwise(transitions))

@@ -140,6 +140,7 @@ class Agent:
                 max_events=settings.spool.max_events,
                 max_bytes=settings.spool.max_bytes,
                 max_age=settings.spool.max_age,
+                on_drop=self._spool_dropped,
             )
             self.publisher = EventPublisher(self.spool, self.broker)
             self.bus.add_sink(self.publisher)
@@ -275,6 +276,10 @@ class Agent:
         while self.broker.is_connected and self.spool.depth > 0 and loop.time() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.02)
         task.cancel()
+
+    def _spool_dropped(self, dropped: int) -> None:
+        if self.publisher is not None and self.spool is not None:
+            self.publisher.announce_dropped(self.settings.identity, dropped, self.spool.dropped)
 
     def _provide_broker_services(self, node: Node) -> None:
         """Key-value and governors: on NATS when it is configured, local otherwise."""

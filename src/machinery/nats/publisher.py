@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from machinery.agent.spool import EventSpool, SpooledEvent
 from machinery.core.notifications import MachineEvent
-from machinery.events.cloudevents import encode_cloudevent, new_event_id
+from machinery.events.cloudevents import encode_cloudevent, go_json, new_event_id, rfc3339
 from machinery.nats.connection import BrokerConnection
 
 __all__ = ["EventPublisher"]
@@ -27,6 +28,10 @@ _FLUSH_TIMEOUT = 10
 _RETRY = 1.0
 
 
+SPOOL_DROPPED_TYPE = "io.machinery.agent.v1.spool_dropped"
+SPOOL_DROPPED_SUBJECT = "machinery.agent.spool_dropped"
+
+
 class EventPublisher:
     """Spools every event and publishes the spool to NATS, in order."""
 
@@ -36,10 +41,46 @@ class EventPublisher:
         self.published = 0
         self.failures = 0
         self.last_published: float | None = None
+        self._drop_identity = ""
+        self._drops_unannounced = 0
+        self._drops_total = 0
 
     def notify(self, event: MachineEvent) -> None:
         event_id = new_event_id()
         self.spool.append(event.subject, event_id, encode_cloudevent(event, event_id).encode())
+
+    def announce_dropped(self, identity: str, dropped: int, total: int) -> None:
+        """Note that the spool dropped its oldest events; the fleet hears of it on reconnect.
+
+        The warning is a CloudEvent of type ``io.machinery.agent.v1.spool_dropped`` on subject
+        ``machinery.agent.spool_dropped`` (Choria has no such event), published ahead of the
+        surviving events. It is not spooled: in a full spool it would push out one more event
+        and announce that too.
+        """
+        self._drop_identity = identity
+        self._drops_unannounced += dropped
+        self._drops_total = total
+
+    def _drop_warning(self) -> SpooledEvent:
+        event_id = new_event_id()
+        now = time.time()
+        event = {
+            "specversion": "1.0",
+            "id": event_id,
+            "source": "io.machinery.agent",
+            "type": SPOOL_DROPPED_TYPE,
+            "subject": self._drop_identity,
+            "datacontenttype": "application/json",
+            "time": rfc3339(now),
+            "data": {
+                "protocol": SPOOL_DROPPED_TYPE,
+                "identity": self._drop_identity,
+                "dropped": self._drops_unannounced,
+                "dropped_total": self._drops_total,
+                "timestamp": int(now),
+            },
+        }
+        return SpooledEvent(0, SPOOL_DROPPED_SUBJECT, event_id, go_json(event).encode())
 
     async def run(self) -> None:
         acknowledged = 0
@@ -50,7 +91,11 @@ class EventPublisher:
             batch = await self.spool.read(acknowledged, _BATCH)
             if not batch:
                 continue
+            warned = self._drops_unannounced
             try:
+                if warned:
+                    await self._publish([self._drop_warning()])
+                    self._drops_unannounced -= warned
                 await self._publish(batch)
             except Exception as exc:  # the broker went away mid-batch: resend it later
                 self.failures += 1
