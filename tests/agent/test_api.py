@@ -300,3 +300,20 @@ async def test_choria_switch_home_assistant_and_metric_routes(agent_factory: Any
         assert body["labels"] == {"format": "choria", "room": "lab"}
         assert body["metrics"]["watts"] == 42.5
         assert (await run.http.get("/choria/machine/metric/v1/fan/nope")).status_code == 400
+
+
+async def test_agent_settings_hide_every_nats_secret(agent_factory: Any) -> None:
+    secrets = {
+        "nats.servers": ["nats://127.0.0.1:1", "nats://someone:url-secret@127.0.0.1:2"],
+        "nats.password": "password-secret",
+        "nats.token": "token-secret",
+    }
+    async with agent_factory(**secrets) as run:
+        response = await run.http.get("/api/v1/agent")
+    body = response.text
+    for secret in ("url-secret", "password-secret", "token-secret"):
+        assert secret not in body
+    nats = response.json()["settings"]["nats"]
+    assert nats["servers"] == ["nats://127.0.0.1:1", "nats://***@127.0.0.1:2"]
+    assert nats["password"] == nats["token"] == "***"
+    assert response.json()["nats"]["servers"] == nats["servers"]

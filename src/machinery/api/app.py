@@ -32,6 +32,7 @@ from machinery.core.machine import Machine
 from machinery.core.notifications import MachineEvent, TransitionNotification
 from machinery.events.bus import SubscriberLimitError
 from machinery.events.cloudevents import encode_cloudevent
+from machinery.nats.connection import redact_url
 from machinery.spec.graph import to_dot
 
 if TYPE_CHECKING:
@@ -445,6 +446,7 @@ def create_app(agent: Agent) -> FastAPI:
         for key in ("password", "token"):
             if settings["nats"].get(key):
                 settings["nats"][key] = "***"
+        settings["nats"]["servers"] = [redact_url(url) for url in settings["nats"]["servers"]]
         store = agent.store
         return {
             "version": __version__,

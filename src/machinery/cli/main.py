@@ -225,11 +225,14 @@ def _print_settings(rows: list[tuple[str, object, str]]) -> None:
     from rich.table import Table
 
     from machinery.lang.duration import format_go_duration
+    from machinery.nats.connection import redact_url
 
     table = Table("setting", "value", "from", box=None, pad_edge=False)
     for name, value, source in rows:
         if name.endswith(("password", "token")) and value:
             value = "***"
+        elif name == "nats.servers" and isinstance(value, list):
+            value = [redact_url(str(url)) for url in value]
         elif name.endswith(("interval", "delay", "max_age")) and isinstance(value, (int, float)):
             value = format_go_duration(value)
         table.add_row(name, "" if value is None else str(value), source)

@@ -15,6 +15,7 @@ import logging
 import ssl
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import nats
@@ -23,7 +24,7 @@ from nats.js import JetStreamContext
 
 from machinery.agent.config import NatsSettings
 
-__all__ = ["BrokerConnection", "ConnectionState", "connect_options"]
+__all__ = ["BrokerConnection", "ConnectionState", "connect_options", "redact_url"]
 
 log = logging.getLogger("machinery.nats")
 
@@ -57,12 +58,21 @@ def connect_options(settings: NatsSettings, name: str) -> dict[str, Any]:
     if settings.token:
         options["token"] = settings.token
     if settings.credentials:
-        options["user_credentials"] = str(settings.credentials)
+        _require_file("nats.credentials", settings.credentials)
+        key = "nkeys_seed" if _is_seed_file(settings.credentials) else "user_credentials"
+        options[key] = str(settings.credentials)
     if (
         settings.tls_ca
         or settings.tls_cert
         or any(s.startswith("tls://") for s in settings.servers)
     ):
+        for setting, path in (
+            ("nats.tls_ca", settings.tls_ca),
+            ("nats.tls_cert", settings.tls_cert),
+            ("nats.tls_key", settings.tls_key),
+        ):
+            if path is not None:
+                _require_file(setting, path)
         context = ssl.create_default_context(
             cafile=str(settings.tls_ca) if settings.tls_ca else None
         )
@@ -125,10 +135,15 @@ class BrokerConnection:
         if not self.enabled:
             return
         delay = _BACKOFF_START
-        options = connect_options(self.settings, self.name)
-        while self.client is None:
+        client: NATS | None = None
+        while client is None:
             try:
-                self.client = await nats.connect(
+                # Built on every attempt: certificates that cannot be read (yet) are retried too.
+                options = connect_options(self.settings, self.name)
+                # nats-py must not retry a first connection itself: after a failed TLS handshake
+                # its retry waits for ever for the dead socket (nats-io/nats.py#718).
+                options["allow_reconnect"] = False
+                client = await nats.connect(
                     **options,
                     error_cb=self._error,
                     disconnected_cb=self._disconnected,
@@ -136,10 +151,13 @@ class BrokerConnection:
                     closed_cb=self._closed,
                 )
             except Exception as exc:  # nats-py raises several unrelated types here
-                self._set_error(f"cannot connect to {', '.join(self.settings.servers)}: {exc}")
+                servers = ", ".join(map(redact_url, self.settings.servers))
+                self._set_error(f"cannot connect to {servers}: {exc}")
                 log.warning("%s; retrying in %.1fs", self.last_error, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _BACKOFF_MAX)
+        client.options["allow_reconnect"] = True  # connected: from now on nats-py reconnects
+        self.client = client
         self.connects += 1
         self.connected_url = _url(self.client)
         log.info("connected to NATS at %s", self.connected_url)
@@ -163,7 +181,7 @@ class BrokerConnection:
         """What the API and status show."""
         return {
             "state": self.state.value,
-            "servers": self.settings.servers,
+            "servers": [redact_url(server) for server in self.settings.servers],
             "connected_url": self.connected_url if self.is_connected else None,
             "since": self.changed_at,
             "connects": self.connects,
@@ -209,6 +227,28 @@ class BrokerConnection:
                 listener(state)
             except Exception:
                 log.exception("connection listener failed")
+
+
+def _require_file(setting: str, path: Path) -> None:
+    # ssl and nats-py name neither the setting nor the path when a file is missing.
+    if not path.is_file():
+        raise FileNotFoundError(f"{setting} {path}: no such file")
+
+
+def _is_seed_file(path: Path) -> bool:
+    """A bare nkey seed (``nk -gen user``) rather than a ``.creds`` file (JWT and seed)."""
+    try:
+        text = path.read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return False  # nats-py reports the unreadable file
+    return text.startswith("SU") and "\n" not in text
+
+
+def redact_url(url: str) -> str:
+    """``url`` without a user, password or token in it (``nats://user:pass@host:4222``)."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, host = rest.partition("@")
+    return f"{scheme}{sep}***@{host}" if sep and at and "/" not in userinfo else url
 
 
 def _url(client: NATS | None) -> str | None:

@@ -2,7 +2,8 @@
 
 :class:`EventPublisher` is a notifier on the agent's event bus: each event is encoded once and
 appended to the spool. Its ``run()`` task drains the spool in order whenever the broker is
-connected, confirms each batch with a round trip (``flush``), and only then deletes it. Delivery
+connected, confirms each batch with a round trip (``flush``; for subjects a JetStream stream
+stores, the stream's acknowledgements), and only then deletes it. Delivery
 is at least once: a batch interrupted by a disconnect is sent again from its first message. Each
 message carries its CloudEvent id as ``Nats-Msg-Id``, so a JetStream stream capturing
 ``choria.machine.>`` (as Choria's brokers run) discards those repeats.
@@ -13,6 +14,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any
+
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
 
 from machinery.agent.spool import EventSpool, SpooledEvent
 from machinery.core.notifications import MachineEvent
@@ -26,6 +33,8 @@ log = logging.getLogger("machinery.nats")
 _BATCH = 1000
 _FLUSH_TIMEOUT = 10
 _RETRY = 1.0
+_STREAM_LOOKUP_TIMEOUT = 5.0
+_STREAM_LOOKUP_TTL = 30.0
 
 
 SPOOL_DROPPED_TYPE = "io.machinery.agent.v1.spool_dropped"
@@ -40,7 +49,10 @@ class EventPublisher:
         self.connection = connection
         self.published = 0
         self.failures = 0
+        self.refused = 0
         self.last_published: float | None = None
+        self._streams: dict[str, tuple[bool, float]] = {}
+        self._js: tuple[NATS, JetStreamContext] | None = None
         self._drop_identity = ""
         self._drops_unannounced = 0
         self._drops_total = 0
@@ -109,11 +121,64 @@ class EventPublisher:
         client = self.connection.client
         if client is None or not self.connection.is_connected:
             raise ConnectionError("not connected")
+        acks: list[asyncio.Future[Any]] = []
         for item in batch:
-            await client.publish(item.subject, item.payload, headers={"Nats-Msg-Id": item.msg_id})
+            headers = {"Nats-Msg-Id": item.msg_id}
+            if await self._captured(client, item.subject):
+                acks.append(
+                    await self._jetstream(client).publish_async(
+                        item.subject, item.payload, headers=headers
+                    )
+                )
+            else:
+                await client.publish(item.subject, item.payload, headers=headers)
         await client.flush(timeout=_FLUSH_TIMEOUT)
+        if acks:
+            # A stream's acknowledgement means it stored the event on a quorum of its
+            # replicas: only then may the spool forget it.
+            results = await asyncio.wait_for(
+                asyncio.gather(*acks, return_exceptions=True), _FLUSH_TIMEOUT
+            )
+            refused = [r for r in results if isinstance(r, nats.js.errors.APIError)]
+            for result in results:
+                if isinstance(result, BaseException) and result not in refused:
+                    raise result
+            if refused:
+                # The stream answered but would not store them (full, or a limit): retrying
+                # cannot help, and holding the spool back for them would stop every event.
+                self.refused += len(refused)
+                log.warning("the broker's stream refused %d events: %s", len(refused), refused[0])
         self.published += len(batch)
         self.last_published = asyncio.get_running_loop().time()
+
+    def _jetstream(self, client: NATS) -> JetStreamContext:
+        # One context per connection: it owns the inbox its acknowledgements come back on.
+        if self._js is None or self._js[0] is not client:
+            self._js = (client, client.jetstream(timeout=_FLUSH_TIMEOUT))
+        return self._js[1]
+
+    async def _captured(self, client: NATS, subject: str) -> bool:
+        """Whether a JetStream stream stores ``subject`` (cached for a while per subject).
+
+        For such subjects a flush is not enough: the server that got the event may die
+        before the stream has it. Raises when the answer is unknown (JetStream is electing
+        a leader), so the batch is retried rather than sent unconfirmed.
+        """
+        now = asyncio.get_running_loop().time()
+        known = self._streams.get(subject)
+        if known is not None and known[1] > now:
+            return known[0]
+        try:
+            await client.jetstream(timeout=_STREAM_LOOKUP_TIMEOUT).find_stream_name_by_subject(
+                subject
+            )
+            captured = True
+        except nats.js.errors.NotFoundError:
+            captured = False
+        except (nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError):
+            captured = False  # no JetStream on this broker
+        self._streams[subject] = (captured, now + _STREAM_LOOKUP_TTL)
+        return captured
 
     def status(self) -> dict[str, object]:
         return {
@@ -122,4 +187,5 @@ class EventPublisher:
             "published": self.published,
             "dropped": self.spool.dropped,
             "failures": self.failures,
+            "refused": self.refused,
         }
