@@ -589,3 +589,106 @@ def test_print_config_masks_the_password_and_token(tmp_path: Path) -> None:
     assert rows["nats.token"][:2] == ["***", "file"]
     assert rows["nats.user"][0] == "agent"
     assert rows["nats.servers"][:2] == ["['nats://127.0.0.1:1',", "'nats://***@127.0.0.1:2']"]
+
+
+# -- the command line on a secured broker --------------------------------------------------------
+
+
+def machinery(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    environment = {k: v for k, v in os.environ.items() if not k.upper().startswith("MACHINERY_")}
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "machinery"), *args],
+        env=environment | (env or {}),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_commands_take_the_broker_secrets_from_the_environment(
+    serve: Callable[[str], ConfiguredServer], tmp_path: Path
+) -> None:
+    """``machinery governor``/``kv``/``watch --nats`` read the agent's MACHINERY_NATS__*
+    variables: the token never goes on the command line."""
+    store = tmp_path / "js"
+    server = serve(f"authorization {{ token: s3cret }}\njetstream {{ store_dir: {store} }}")
+    refused = machinery("governor", "add", "jobs", "2", "--nats", server.url())
+    assert refused.returncode == 1
+    assert "cannot connect to nats://127.0.0.1" in refused.stderr
+    assert "authorization violation" in refused.stderr.lower()
+    token = {"MACHINERY_NATS__TOKEN": "s3cret"}
+    added = machinery("governor", "add", "jobs", "2", "--nats", server.url(), env=token)
+    assert added.returncode == 0, added.stderr
+    shown = machinery("governor", "view", "jobs", "--nats", server.url(), env=token)
+    assert "capacity: 2" in shown.stdout
+    assert "s3cret" not in refused.stderr + added.stdout + shown.stdout
+
+
+def test_watch_follows_a_broker_that_wants_an_nkey(
+    serve: Callable[[str], ConfiguredServer], tmp_path: Path
+) -> None:
+    user = new_keypair(nkeys.PREFIX_BYTE_USER)
+    server = serve(f"authorization {{ users: [ {{ nkey: {public(user)} }} ] }}")
+    path = tmp_path / "watch.nk"
+    path.write_text(seed(user) + "\n")
+    path.chmod(0o600)
+    environment = {k: v for k, v in os.environ.items() if not k.upper().startswith("MACHINERY_")}
+    watcher = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "machinery"),
+            "watch",
+            "--nats",
+            server.url(),
+            "--credentials",
+            str(path),
+            "--transitions",
+        ],
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert watcher.stderr is not None and watcher.stdout is not None
+        # It says which subject it follows once it is subscribed.
+        assert "choria.machine.transition" in watcher.stderr.readline()
+        event = {
+            "specversion": "1.0",
+            "id": "0b4a4a5e-1f39-4a52-9f6c-1a6f3c1f0001",
+            "source": "io.choria.machine",
+            "type": "io.choria.machine.v1.transition",
+            "subject": "web1",
+            "datacontenttype": "application/json",
+            "time": "2026-11-29T12:00:00Z",
+            "data": {
+                "protocol": "io.choria.machine.v1.transition",
+                "identity": "web1",
+                "id": "1",
+                "version": "1.0.0",
+                "timestamp": 1796040000,
+                "machine": "lamp",
+                "transition": "switch_on",
+                "from_state": "off",
+                "to_state": "on",
+                "info": {},
+            },
+        }
+
+        async def publish() -> None:
+            client = await nats_connect(server.url(), path)
+            await client.publish("choria.machine.transition", json.dumps(event).encode())
+            await client.flush()
+            await client.close()
+
+        asyncio.run(publish())
+        line = watcher.stdout.readline()
+        assert "web1 lamp transitioned via event switch_on: off => on" in line
+    finally:
+        watcher.kill()
+        watcher.wait()
+
+
+async def nats_connect(url: str, seed_file: Path) -> Any:
+    import nats
+
+    return await nats.connect(url, nkeys_seed=str(seed_file))

@@ -17,6 +17,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from machinery.cli.natsclient import CredentialsOption
 from machinery.core.governor import DEFAULT_LEASE, GovernorError, GovernorInfo
 from machinery.lang.duration import DurationError, format_go_duration, parse_duration
 
@@ -32,9 +33,6 @@ app = typer.Typer(
 NatsOption = Annotated[
     str | None,
     typer.Option("--nats", help="Talk to this NATS broker directly (nats://host:port)."),
-]
-CredentialsOption = Annotated[
-    Path | None, typer.Option("--credentials", help="NATS credentials file, with --nats.")
 ]
 AgentOption = Annotated[
     str | None, typer.Option("--agent", help="Agent URL (default: the local agent).")
@@ -79,32 +77,15 @@ def _on_nats(
     replicas: int = 1,
 ) -> T:
     """Run ``action(governor)`` against a NatsGovernor on a short-lived connection."""
-    import nats
-
+    from machinery.cli.natsclient import NatsConnectError, connect
     from machinery.core.clock import SystemClock
     from machinery.nats.governor import ClientConnection, NatsGovernor
 
     async def main() -> T:
-        async def quiet(_error: Exception) -> None:
-            pass  # the failure is reported once, below
-
-        options: dict[str, Any] = {
-            "connect_timeout": 5,
-            "allow_reconnect": False,
-            # nats-py reads 0 as "forever"; 1 is one more try after the first.
-            "max_reconnect_attempts": 1,
-            "reconnect_time_wait": 0.2,
-            "error_cb": quiet,
-            "name": "machinery governor",
-        }
-        if credentials is not None:
-            options["user_credentials"] = str(credentials)
         try:
-            async with asyncio.timeout(15):
-                client = await nats.connect(url, **options)
-        except Exception as exc:  # nats-py raises several unrelated types here
-            reason = str(exc) or type(exc).__name__
-            raise _Failed(f"cannot connect to {url}: {reason}") from None
+            client = await connect(url, credentials, name="machinery governor")
+        except NatsConnectError as exc:
+            raise _Failed(str(exc)) from None
         try:
             governor = NatsGovernor(ClientConnection(client), SystemClock(), replicas=replicas)
             try:

@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from machinery import __version__
+from machinery.cli.natsclient import CredentialsOption
 from machinery.spec.diagnostics import Diagnostic
 
 __all__ = ["app", "main"]
@@ -364,6 +365,7 @@ def watch(
     nats: Annotated[
         str | None, typer.Option("--nats", help="Follow events on NATS (nats://host:port).")
     ] = None,
+    credentials: CredentialsOption = None,
     transitions: Annotated[bool, typer.Option("--transitions", help="Only transitions.")] = False,
     watchers: Annotated[bool, typer.Option("--watchers", help="Only watcher states.")] = False,
     type: Annotated[
@@ -392,6 +394,7 @@ def watch(
             agent_url=agent_url,
             events_file=events_file,
             nats_url=nats,
+            credentials=credentials,
             as_json=format is OutputFormat.json,
             from_start=from_start,
         )

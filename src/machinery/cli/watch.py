@@ -53,19 +53,19 @@ def subjects(selected: EventFilter) -> list[str]:
     return found
 
 
-def follow_nats(selected: EventFilter, url: str, *, as_json: bool = False) -> int:
-    """Print matching events from NATS until interrupted."""
+def follow_nats(
+    selected: EventFilter, url: str, *, credentials: Path | None = None, as_json: bool = False
+) -> int:
+    """Print matching events from NATS until interrupted (reconnecting when the broker goes)."""
     import asyncio
 
-    import nats
+    from machinery.cli.natsclient import NatsConnectError, connect
 
     async def main() -> int:
         try:
-            client = await nats.connect(
-                url, connect_timeout=5, max_reconnect_attempts=-1, allow_reconnect=True
-            )
-        except Exception as exc:
-            print(f"machinery: cannot connect to {url}: {exc}", file=sys.stderr)
+            client = await connect(url, credentials, name="machinery watch", reconnect=True)
+        except NatsConnectError as exc:
+            print(f"machinery: {exc}", file=sys.stderr)
             return 1
         queue: asyncio.Queue[bytes] = asyncio.Queue(10_000)
 
@@ -75,8 +75,10 @@ def follow_nats(selected: EventFilter, url: str, *, as_json: bool = False) -> in
                 queue.put_nowait(data)
 
         for subject in subjects(selected):
-            print(f"Viewing events on topic {subject}", file=sys.stderr, flush=True)
             await client.subscribe(subject, cb=received)
+        await client.flush()  # subscribed on the server before saying so
+        for subject in subjects(selected):
+            print(f"Viewing events on topic {subject}", file=sys.stderr, flush=True)
         try:
             while True:
                 _print(await queue.get(), selected, as_json)
@@ -106,12 +108,13 @@ def follow(
     agent_url: str | None = None,
     events_file: Path | None = None,
     nats_url: str | None = None,
+    credentials: Path | None = None,
     as_json: bool = False,
     from_start: bool = False,
 ) -> int:
     """Print matching events until interrupted; returns the exit code."""
     if nats_url is not None:
-        return follow_nats(selected, nats_url, as_json=as_json)
+        return follow_nats(selected, nats_url, credentials=credentials, as_json=as_json)
     if events_file is not None:
         source: Iterator[str] = _tail(events_file, from_start)
         origin = str(events_file)
