@@ -25,6 +25,7 @@ SCENARIOS = {
     "pipeline": "bench.pipeline",
     "exec": "bench.exec_overhead",
     "file": "bench.file_latency",
+    "kv": "bench.kv_latency",
     "store": "bench.store_scale",
     "scale": "bench.scale",
     "simulation": "bench.simulation",

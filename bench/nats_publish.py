@@ -30,7 +30,9 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class _Server:
+class NatsServerProcess:
+    """A throwaway nats-server with JetStream on a free loopback port."""
+
     def __init__(self, directory: Path) -> None:
         self.port = _free_port()
         self.directory = directory
@@ -39,7 +41,7 @@ class _Server:
     def start(self) -> None:
         binary = shutil.which("nats-server") or str(Path(sys.executable).parent / "nats-server")
         self.process = subprocess.Popen(
-            [binary, "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(self.directory)],
+            [binary, "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(self.directory)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -51,6 +53,10 @@ class _Server:
             except OSError:
                 time.sleep(0.02)
         raise RuntimeError("nats-server did not start")
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
 
     def stop(self) -> None:
         if self.process is not None:
@@ -83,7 +89,9 @@ async def _raw(url: str, count: int) -> float:
     return count / elapsed
 
 
-async def _ours(url: str, count: int, directory: Path, *, outage: _Server | None = None) -> float:
+async def _ours(
+    url: str, count: int, directory: Path, *, outage: NatsServerProcess | None = None
+) -> float:
     db = StateDB(directory)
     writer = StateWriter(db)
     spool = EventSpool(db.path, writer)
@@ -125,7 +133,7 @@ def run(quick: bool) -> list[Result]:
     count = 5_000 if quick else 100_000
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
-        server = _Server(base / "js")
+        server = NatsServerProcess(base / "js")
         server.start()
         url = f"nats://127.0.0.1:{server.port}"
         try:

@@ -22,6 +22,8 @@ def test_benchmarks_run_in_quick_mode() -> None:
         "1. bare FSM",
         "3. exec watcher",
         "4a. file change",
+        "4b. kv update to transition (local store",
+        "4b. kv update to transition (NATS JetStream",
         "3a. agent with",
         "7. store reaction",
     ):

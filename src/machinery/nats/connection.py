@@ -101,6 +101,7 @@ class BrokerConnection:
         self.changed_at = time.time()
         self._connected = asyncio.Event()
         self._listeners: list[Callable[[ConnectionState], None]] = []
+        self._closing = False
 
     @property
     def enabled(self) -> bool:
@@ -169,6 +170,7 @@ class BrokerConnection:
 
     async def close(self) -> None:
         client, self.client = self.client, None
+        self._closing = True  # the disconnect that follows is ours, not a lost broker
         if client is not None and not client.is_closed:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(client.drain(), 2)
@@ -196,6 +198,8 @@ class BrokerConnection:
         log.debug("NATS error: %s", self.last_error)
 
     async def _disconnected(self) -> None:
+        if self._closing:
+            return
         self.disconnects += 1
         if self.state is ConnectionState.CONNECTED:
             log.warning("disconnected from NATS at %s, reconnecting", self.connected_url)
