@@ -68,11 +68,20 @@ def run(quick: bool) -> Result:
     met = load < 30 and per_machine_kb <= 30 and p99 < 0.1
     return Result(
         scenario=f"5. scale: {count} machines x 3 watchers",
-        figure=(f"started in {load:.1f} s, {per_machine_kb:.1f} KB RSS per machine, "
-                f"tick jitter p99 <= {p99 * 1000:.0f} ms, idle CPU {idle_cpu * 100:.0f}% of a core"),
+        figure=(
+            f"started in {load:.1f} s, {per_machine_kb:.1f} KB RSS per machine, "
+            f"tick jitter p99 <= {p99 * 1000:.0f} ms, idle CPU {idle_cpu * 100:.0f}% of a core"
+        ),
         target="< 30 s, <= 30 KB per machine, p99 jitter < 100 ms (10k machines)",
         met=met if not quick else None,
-        details={"machines": count, "start_s": round(load, 1), "rss_kib": rss, "baseline_kib": baseline,
-                 "kb_per_machine": round(per_machine_kb, 1), "jitter_p99_ms_upper_bound": p99 * 1000,
-                 "ticks_sampled": ticks, "idle_cpu_percent": round(idle_cpu * 100, 1)},
+        details={
+            "machines": count,
+            "start_s": round(load, 1),
+            "rss_kib": rss,
+            "baseline_kib": baseline,
+            "kb_per_machine": round(per_machine_kb, 1),
+            "jitter_p99_ms_upper_bound": p99 * 1000,
+            "ticks_sampled": ticks,
+            "idle_cpu_percent": round(idle_cpu * 100, 1),
+        },
     )
