@@ -67,6 +67,8 @@ class GovernorChange(BaseModel):
     capacity: int = Field(ge=1, le=100_000, description="how many may hold a slot at once")
     lease: float = Field(
         DEFAULT_LEASE,
+        gt=0,
+        le=365 * 86400,
         description="NATS governors: how long a crashed holder keeps its slot, such as 5m "
         "(a duration, or seconds)",
     )

@@ -29,6 +29,8 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from machinery.cli.natsclient import CredentialsOption
+
 __all__ = ["app"]
 
 T = TypeVar("T")
@@ -56,9 +58,6 @@ TokenOption = Annotated[
 NatsOption = Annotated[
     str | None,
     typer.Option("--nats", help="Use NATS JetStream directly (nats://host:port, comma-separated)."),
-]
-CredsOption = Annotated[
-    Path | None, typer.Option("--creds", help="With --nats: a NATS credentials file.")
 ]
 FormatOption = Annotated[Format, typer.Option("--format", help="text or json.")]
 BucketArg = Annotated[str, typer.Argument(help="Bucket name.")]
@@ -98,33 +97,15 @@ class _Target:
         return asyncio.run(self._with_nats(operation))
 
     async def _with_nats(self, operation: Callable[[Any], Awaitable[T]]) -> T:
-        import nats
-
+        from machinery.cli.natsclient import NatsConnectError, connect
         from machinery.core.kv import KVError
         from machinery.nats.kv import NatsKV
 
         assert self.nats_url is not None
-        options: dict[str, Any] = {
-            "servers": [s.strip() for s in self.nats_url.split(",") if s.strip()],
-            "name": "machinery kv",
-            "connect_timeout": 5,
-            "allow_reconnect": False,
-            # nats-py treats 0 as "forever" even for the first connection.
-            "max_reconnect_attempts": 1,
-        }
-        if self.creds is not None:
-            options["user_credentials"] = str(self.creds)
-
-        async def quiet(_exc: Exception) -> None:
-            return None
-
         try:
-            async with asyncio.timeout(15):
-                client = await nats.connect(**options, error_cb=quiet)
-        except Exception as exc:  # nats-py raises several unrelated types
-            raise _Failure(
-                f"cannot connect to NATS at {self.nats_url}: {exc or type(exc).__name__}"
-            ) from None
+            client = await connect(self.nats_url, self.creds, name="machinery kv")
+        except NatsConnectError as exc:
+            raise _Failure(str(exc)) from None
         try:
             return await operation(NatsKV(client))
         except KVError as exc:
@@ -210,7 +191,7 @@ def get(
     agent_url: AgentOption = None,
     token_file: TokenOption = None,
     nats_url: NatsOption = None,
-    creds: CredsOption = None,
+    creds: CredentialsOption = None,
     format: FormatOption = Format.text,
 ) -> None:
     """Print a key's value (raw; JSON with its revision with --format json)."""
@@ -244,7 +225,7 @@ def put(
     agent_url: AgentOption = None,
     token_file: TokenOption = None,
     nats_url: NatsOption = None,
-    creds: CredsOption = None,
+    creds: CredentialsOption = None,
     format: FormatOption = Format.text,
 ) -> None:
     """Store a value."""
@@ -277,7 +258,7 @@ def delete(
     agent_url: AgentOption = None,
     token_file: TokenOption = None,
     nats_url: NatsOption = None,
-    creds: CredsOption = None,
+    creds: CredentialsOption = None,
     format: FormatOption = Format.text,
 ) -> None:
     """Delete a key's value."""
@@ -304,7 +285,7 @@ def ls(
     agent_url: AgentOption = None,
     token_file: TokenOption = None,
     nats_url: NatsOption = None,
-    creds: CredsOption = None,
+    creds: CredentialsOption = None,
     format: FormatOption = Format.text,
 ) -> None:
     """List the buckets, or the keys of one bucket."""
@@ -338,7 +319,7 @@ def add(
     agent_url: AgentOption = None,
     token_file: TokenOption = None,
     nats_url: NatsOption = None,
-    creds: CredsOption = None,
+    creds: CredentialsOption = None,
     format: FormatOption = Format.text,
 ) -> None:
     """Create a bucket (nothing changes if it exists)."""
@@ -382,7 +363,7 @@ def watch(
     agent_url: AgentOption = None,
     token_file: TokenOption = None,
     nats_url: NatsOption = None,
-    creds: CredsOption = None,
+    creds: CredentialsOption = None,
     format: FormatOption = Format.text,
 ) -> None:
     """Print the current values, then every change as it happens."""

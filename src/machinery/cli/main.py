@@ -37,6 +37,9 @@ class GraphFormat(StrEnum):
     mermaid = "mermaid"
 
 
+_LOG_HANDLER = "machinery-console"
+
+
 def setup_logging(level: str = "info", fmt: str = "text") -> None:
     """Console logging in Choria's spirit: time, level, ``machine#component: message``."""
     handler = logging.StreamHandler(sys.stderr)
@@ -48,8 +51,11 @@ def setup_logging(level: str = "info", fmt: str = "text") -> None:
         handler.setFormatter(
             logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", datefmt="%H:%M:%S")
         )
+    handler.set_name(_LOG_HANDLER)
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    # Replaces only the handler a previous call installed: handlers others added (a test
+    # runner's capture) keep working.
+    root.handlers[:] = [h for h in root.handlers if h.get_name() != _LOG_HANDLER] + [handler]
     root.setLevel(level.upper())
 
 

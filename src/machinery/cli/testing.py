@@ -50,8 +50,11 @@ def test(
     """Run scenario files against their machines, on a simulated clock, with no side effects."""
     import logging
 
-    # Failing commands are the point of many scenarios: their log lines are noise unless asked for.
-    logging.getLogger("machinery").setLevel(logging.INFO if verbose else logging.CRITICAL)
+    # Failing commands are the point of many scenarios: their log lines are noise unless asked
+    # for. The level is restored afterwards, for callers that go on in the same process.
+    machinery_log = logging.getLogger("machinery")
+    previous_level = machinery_log.level
+    machinery_log.setLevel(logging.INFO if verbose else logging.CRITICAL)
     from machinery.simulation.report import junit_report, text_report
     from machinery.simulation.scenario import (
         Coverage,
@@ -98,7 +101,10 @@ def test(
                         scenario_file.machine_dir, manifest.spec.states(), fsm.edges(), result
                     )
 
-    asyncio.run(run_all())
+    try:
+        asyncio.run(run_all())
+    finally:
+        machinery_log.setLevel(previous_level)
     seconds = time.perf_counter() - started
     report = (
         junit_report(results, errors, seconds)

@@ -172,8 +172,10 @@ class BrokerConnection:
         client, self.client = self.client, None
         self._closing = True  # the disconnect that follows is ours, not a lost broker
         if client is not None and not client.is_closed:
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow our cancellation.
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(client.drain(), 2)
+                async with asyncio.timeout(2):
+                    await client.drain()
             with contextlib.suppress(Exception):
                 await client.close()
         if self.enabled:

@@ -20,8 +20,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import logging
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import Any, NoReturn
 
 import nats.errors
 import nats.js.errors
@@ -33,7 +34,9 @@ from machinery.agent.localkv import check_bucket, check_key, check_watch_pattern
 from machinery.core.kv import BucketNotFound, KVEntry, KVError, KVOperation, KVRevisionMismatch
 from machinery.nats.connection import BrokerConnection
 
-__all__ = ["NatsKV"]
+__all__ = ["NatsKV", "restore_cancellation", "restore_cancellation_now"]
+
+log = logging.getLogger("machinery.nats.kv")
 
 _OPERATION = "KV-Operation"
 _MARKER_REASON = "Nats-Marker-Reason"
@@ -81,12 +84,13 @@ class NatsKV:
     @contextlib.asynccontextmanager
     async def _operation(self, bucket: str) -> AsyncIterator[None]:
         """Bound one operation in time and translate its errors."""
-        try:
-            async with asyncio.timeout(self.timeout * 2):
-                with _errors(bucket):
-                    yield
-        except TimeoutError:
-            raise KVError("NATS did not answer in time") from None
+        async with restore_cancellation():
+            try:
+                async with asyncio.timeout(self.timeout * 2):
+                    with _errors(bucket):
+                        yield
+            except TimeoutError:
+                raise KVError("NATS did not answer in time") from None
 
     # -- the KVStore interface --------------------------------------------------------------
 
@@ -147,6 +151,7 @@ class NatsKV:
         updates = aiter(watcher)
         try:
             while True:
+                await restore_cancellation_now()
                 # asyncio.timeout, not nats-py's updates(): Python 3.11's wait_for can swallow
                 # a cancellation, which would leave this watch running after its owner stopped.
                 try:
@@ -198,6 +203,44 @@ class NatsKV:
                     if info.config.name and info.config.name.startswith("KV_")
                 )
         return sorted(names)
+
+
+@contextlib.asynccontextmanager
+async def restore_cancellation() -> AsyncIterator[None]:
+    """Re-raise a cancellation of the current task that nats-py swallowed meanwhile.
+
+    nats-py waits for replies with ``asyncio.wait_for``, which in Python 3.11 returns the reply
+    and drops the cancellation when both happen in the same loop iteration; a task cancelled
+    then would carry on as if nothing happened, and whoever cancelled it would wait for ever.
+    The task's count of cancellation requests tells.
+    """
+    task = asyncio.current_task()
+    before = task.cancelling() if task is not None else 0
+    try:
+        yield
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        if task is not None and task.cancelling() > before:
+            await _cancelled()
+        raise
+    if task is not None and task.cancelling() > before:
+        await _cancelled()
+
+
+async def restore_cancellation_now() -> None:
+    """Raise CancelledError if the current task was asked to stop (see above)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        await _cancelled()
+
+
+async def _cancelled() -> NoReturn:
+    # A cancellation still pending is delivered by this await; one that was swallowed is not,
+    # and is raised again here.
+    await asyncio.sleep(0)
+    log.debug("a cancellation was swallowed by nats-py; raising it again")
+    raise asyncio.CancelledError
 
 
 def _entry(update: Any) -> KVEntry:

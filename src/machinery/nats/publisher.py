@@ -136,9 +136,8 @@ class EventPublisher:
         if acks:
             # A stream's acknowledgement means it stored the event on a quorum of its
             # replicas: only then may the spool forget it.
-            results = await asyncio.wait_for(
-                asyncio.gather(*acks, return_exceptions=True), _FLUSH_TIMEOUT
-            )
+            async with asyncio.timeout(_FLUSH_TIMEOUT):
+                results = await asyncio.gather(*acks, return_exceptions=True)
             refused = [r for r in results if isinstance(r, nats.js.errors.APIError)]
             for result in results:
                 if isinstance(result, BaseException) and result not in refused:

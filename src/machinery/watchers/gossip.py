@@ -29,6 +29,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from machinery.lang.template import TemplateError
+from machinery.nats.kv import restore_cancellation
 from machinery.spec.kinds import Problem
 from machinery.spec.models import MachineSpec, WatcherProperties, WatcherSpec
 from machinery.spec.types import TemplateText, compile_template
@@ -283,7 +284,7 @@ class GossipWatcher(Watcher[GossipProperties]):
         headers = {TTL_HEADER: f"{ttl}s"} if ttl > 0 else None
         self.log_debug(f"Publishing gossip to {subject}")
         try:
-            async with asyncio.timeout(_PUBLISH_TIMEOUT):
+            async with restore_cancellation(), asyncio.timeout(_PUBLISH_TIMEOUT):
                 await client.publish(subject, payload.encode(), headers=headers)
         except Exception as exc:  # nats-py raises several unrelated types
             self._failed(f"Could not publish gossip to {subject}: {exc or type(exc).__name__}")

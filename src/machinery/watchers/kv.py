@@ -429,7 +429,11 @@ class KVWatcher(PolledWatcher[KVProperties]):
         except TemplateError as exc:
             self.log_error(f"could not parse template for key: {exc}")
             return
-        if key == self._watched_key and self._watch_task is not None:
+        if (
+            key == self._watched_key
+            and self._watch_task is not None
+            and not self._watch_task.done()
+        ):
             return
         self._stop_watch()
         self._watched_key = key
