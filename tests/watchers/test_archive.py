@@ -7,6 +7,7 @@ import base64
 import contextlib
 import hashlib
 import io
+import json
 import logging
 import os
 import shutil
@@ -14,7 +15,6 @@ import stat
 import tarfile
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from machinery import __version__
+from machinery.agent.localgovernor import LocalGovernor
 from machinery.core.clock import FakeClock
 from machinery.core.machine import Machine
 from machinery.watchers import archive as archive_module
@@ -777,40 +778,33 @@ async def test_the_size_limit(
 # -- governors -----------------------------------------------------------------------------------
 
 
-class FakeGovernor:
-    """Stands in for the NATS-backed governor service, which cannot run here."""
-
-    def __init__(self, fail: bool = False) -> None:
-        self.fail = fail
-        self.calls: list[tuple[str, float]] = []
-        self.held = 0
-        self.events: list[str] = []
-
-    async def acquire(self, name: str, timeout: float) -> AbstractAsyncContextManager[Any]:
-        self.calls.append((name, timeout))
-        if self.fail:
-            raise TimeoutError("no slot within the timeout")
-        governor = self
-
-        class Slot:
-            async def __aenter__(self) -> None:
-                governor.held += 1
-                governor.events.append("enter")
-
-            async def __aexit__(self, *exc: object) -> None:
-                governor.held -= 1
-                governor.events.append("exit")
-
-        return Slot()
-
-
 GOVERNED = DATA_PROPERTIES + 'governor: \'deploy_{{ lookup "data.region" "x" }}\'\n'
 
 
+def governor_log(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The governor-related lines and the download milestones, in order."""
+    keep = ("Governor", "Attempting to download", "deployed successfully")
+    return [r.getMessage() for r in caplog.records if any(k in r.getMessage() for k in keep)]
+
+
+def logged_events(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
+    prefix = "deployer#download: Governor event: "
+    return [
+        json.loads(r.getMessage().removeprefix(prefix))
+        for r in caplog.records
+        if r.getMessage().startswith(prefix)
+    ]
+
+
 async def test_a_governor_slot_is_held_while_downloading(
-    tmp_path: Path, server: ArchiveServer, clock: FakeClock, recorder: Recorder
+    tmp_path: Path,
+    server: ArchiveServer,
+    clock: FakeClock,
+    recorder: Recorder,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    governor = FakeGovernor()
+    caplog.set_level(logging.INFO)
+    governor = LocalGovernor(clock)
     directory = machine_dir(tmp_path, GOVERNED + "governor_timeout: 2m\n")
     machine = make_machine(directory, clock=clock, recorder=recorder)
     machine.node.provide("governor", governor)
@@ -818,29 +812,54 @@ async def test_a_governor_slot_is_held_while_downloading(
     publish(machine, server, "/a.tgz", build(V1))
     async with running(machine):
         assert await settle_outcomes(recorder, 1) == ["downloaded"]
-        assert governor.calls == [("deploy_eu", 120.0)]
-        assert governor.events == ["enter", "exit"]
-        assert governor.held == 0
+        lines = governor_log(caplog)
+        assert lines[0] == (
+            "deployer#download: Obtaining a slot in the deploy_eu Governor with 2m0s timeout"
+        )
+        assert lines[1].startswith("deployer#download: Governor event: ")
+        assert lines[2].startswith("deployer#download: Attempting to download ")
+        assert lines[3].startswith("deployer#download: Archive ")
+        assert lines[4].startswith("deployer#download: Governor event: ")
+        assert len(lines) == 5
+        enter, exit_ = logged_events(caplog)
+        assert enter["event_type"] == "enter"
+        assert exit_["event_type"] == "exit"
+        assert enter["governor"] == exit_["governor"] == "deploy_eu"
+        assert enter["sequence"] == exit_["sequence"] == 1
+        assert enter["component"] == "deployer"
+        assert (await governor.view("deploy_eu")).holders == []
         # A verified install needs no slot.
         await clock.advance(10)
         assert await settle_outcomes(recorder, 2) == ["downloaded", "verified"]
-        assert len(governor.calls) == 1
+        assert len(governor_log(caplog)) == 5
 
 
 async def test_a_governor_that_gives_no_slot_is_an_error(
-    tmp_path: Path, server: ArchiveServer, clock: FakeClock, recorder: Recorder
+    tmp_path: Path,
+    server: ArchiveServer,
+    clock: FakeClock,
+    recorder: Recorder,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    governor = FakeGovernor(fail=True)
+    caplog.set_level(logging.INFO)
+    governor = LocalGovernor(clock)
     machine = make_machine(machine_dir(tmp_path, GOVERNED), clock=clock, recorder=recorder)
     machine.node.provide("governor", governor)
     publish(machine, server, "/a.tgz", build(V1))
-    async with running(machine):
+    async with governor.acquire("deploy_x", 0, holder="someone else"), running(machine):
+        await wait_until(lambda: governor.waiting("deploy_x") == 1, what="a waiter")
+        await clock.advance(299)  # default governor_timeout: 5m
+        assert outcomes(recorder) == []
+        await clock.advance(1)
         assert await settle_outcomes(recorder, 1) == ["error"]
-        assert governor.calls == [("deploy_x", 300.0)]  # default governor_timeout: 5m
         assert watcher(machine).status.last_error == (
-            "Cannot enter Governor deploy_x: no slot within the timeout"
+            "Cannot enter Governor deploy_x: no slot in the deploy_x Governor became free "
+            "within 5m0s"
         )
         assert server.requests == []
+        [event] = logged_events(caplog)
+        assert event["event_type"] == "timeout"
+        assert event["sequence"] == 0
 
 
 async def test_without_a_governor_service_it_downloads_anyway(
@@ -855,7 +874,12 @@ async def test_without_a_governor_service_it_downloads_anyway(
     publish(machine, server, "/a.tgz", build(V1))
     async with running(machine):
         assert await settle_outcomes(recorder, 1) == ["downloaded"]
-    assert "governors take effect once NATS is configured" in caplog.text
+        shutil.rmtree(tmp_path / "deployer" / "store" / "app")
+        await clock.advance(10)
+        assert await settle_outcomes(recorder, 2) == ["downloaded", "downloaded"]
+    warnings = [r for r in caplog.records if "no governor service" in r.getMessage()]
+    assert len(warnings) == 1  # once, not on every download
+    assert warnings[0].levelno == logging.WARNING
 
 
 # -- definitions ---------------------------------------------------------------------------------

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import time
 from pathlib import Path
+from typing import Any
 
+import pytest
+
+from machinery.agent.localgovernor import LocalGovernor
 from machinery.core.clock import FakeClock
-from tests.support import Recorder, make_machine, running, wait_until, write_machine
+from tests.support import Recorder, make_machine, make_node, running, wait_until, write_machine
 
 MACHINE = """\
 name: runner
@@ -342,3 +348,216 @@ def _alive(pid: int) -> bool:
             return handle.read().split()[2] != "Z"
     except OSError:
         return False
+
+
+# -- governors -----------------------------------------------------------------------------------
+
+GOVERNED_MACHINE = """\
+name: {name}
+version: 1.0.0
+initial_state: busy
+transitions:
+  - name: failed
+    from: [busy]
+    destination: broken
+watchers:
+  - name: job
+    type: exec
+    state_match: [busy]
+    fail_transition: failed
+    interval: 1m
+    properties:
+      command: ./exclusive.sh
+      governor: '{governor}'
+{extra}"""
+
+# mkdir is atomic: a second command finding the lock directory proves two ran at once.
+EXCLUSIVE = {
+    "exclusive.sh": """\
+        #!/bin/sh
+        mkdir ../lock 2>/dev/null || echo overlap >> ../overlaps.log
+        echo "start $MACHINE_NAME" >> ../order.log
+        sleep 0.2
+        echo "end $MACHINE_NAME" >> ../order.log
+        rmdir ../lock 2>/dev/null
+        exit 0
+        """
+}
+
+
+def governed_dir(
+    tmp_path: Path, name: str, governor: str = "serial", extra: str = "", **files: str
+) -> Path:
+    text = GOVERNED_MACHINE.format(
+        name=name,
+        governor=governor,
+        extra="".join(f"      {line}\n" for line in extra.splitlines()),
+    )
+    return write_machine(tmp_path / name, text, {**EXCLUSIVE, **files})
+
+
+def lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def governor_events(caplog: pytest.LogCaptureFixture, machine: str) -> list[dict[str, Any]]:
+    prefix = f"{machine}#job: Governor event: "
+    return [
+        json.loads(r.getMessage().removeprefix(prefix))
+        for r in caplog.records
+        if r.getMessage().startswith(prefix)
+    ]
+
+
+async def test_a_governor_of_one_keeps_two_machines_from_overlapping(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    clock = FakeClock()
+    recorder = Recorder()
+    node = make_node(clock=clock, recorder=recorder)
+    governor = LocalGovernor(clock)
+    node.provide("governor", governor)
+    first = make_machine(governed_dir(tmp_path, "first"), node=node)
+    second = make_machine(governed_dir(tmp_path, "second"), node=node)
+    order = tmp_path / "order.log"
+    async with running(first, second):
+        for round_ in range(1, 4):
+            await clock.advance(60)  # both interval ticks at once
+            await wait_until(lambda r=round_: len(lines(order)) == 4 * r, what="both runs")
+            await wait_until(lambda r=round_: len(recorder.states("job")) == 2 * r)
+    assert lines(tmp_path / "overlaps.log") == []
+    log = lines(order)
+    for i in range(0, len(log), 2):
+        started, ended = log[i], log[i + 1]
+        assert started.startswith("start ") and ended == "end " + started.removeprefix("start ")
+    assert [s.payload["previous_outcome"] for s in recorder.states("job")] == ["success"] * 6
+    assert (await governor.view("serial")).holders == []
+    for machine in ("first", "second"):
+        events = governor_events(caplog, machine)
+        assert [e["event_type"] for e in events] == ["enter", "exit"] * 3
+        assert {e["component"] for e in events} == {machine}
+        assert {e["identity"] for e in events} == {"node1.example.net"}
+        assert {e["protocol"] for e in events} == {"io.choria.lifecycle.v1.governor"}
+        assert all(e["timestamp"] == int(clock.now()) or e["timestamp"] > 0 for e in events)
+    # Every run got its own sequence number, entering and leaving with it.
+    sequences = sorted(
+        e["sequence"]
+        for m in ("first", "second")
+        for e in governor_events(caplog, m)
+        if e["event_type"] == "enter"
+    )
+    assert sequences == [1, 2, 3, 4, 5, 6]
+    assert "first#job: Obtaining a slot in the serial Governor with 5m0s timeout" in caplog.messages
+
+
+async def test_the_slot_is_held_while_the_command_runs_under_a_templated_name(
+    tmp_path: Path,
+) -> None:
+    clock = FakeClock()
+    node = make_node(clock=clock, facts={"site": "lon"})
+    governor = LocalGovernor(clock)
+    node.provide("governor", governor)
+    wait_for_go = {
+        "exclusive.sh": """\
+            #!/bin/sh
+            touch started
+            i=0
+            while [ ! -e go ] && [ $i -lt 500 ]; do sleep 0.01; i=$((i+1)); done
+            """
+    }
+    directory = governed_dir(tmp_path, "runner", governor="deploy_{{ .facts.site }}", **wait_for_go)
+    machine = make_machine(directory, node=node)
+    async with running(machine):
+        await clock.advance(60)
+        await wait_until(lambda: (directory / "started").exists())
+        info = await governor.view("deploy_lon")
+        [holder] = info.holders
+        assert re.fullmatch(r"node1\.example\.net:runner:job:[0-9a-f]{8}", str(holder["holder"]))
+        assert holder["sequence"] == 1
+        assert holder["acquired"] == clock.now()
+        (directory / "go").touch()
+        await wait_until(lambda: machine.watchers[0].status.outcome == "success")
+        assert (await governor.view("deploy_lon")).holders == []
+
+
+async def test_no_slot_within_the_timeout_is_an_error_and_fires_fail_transition(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    clock = FakeClock()
+    recorder = Recorder()
+    node = make_node(clock=clock, recorder=recorder)
+    governor = LocalGovernor(clock)
+    node.provide("governor", governor)
+    directory = governed_dir(tmp_path, "runner", extra="governor_timeout: 30s")
+    machine = make_machine(directory, node=node)
+    async with governor.acquire("serial", 0, holder="an operator"), running(machine):
+        await clock.advance(60)
+        await wait_until(lambda: governor.waiting("serial") == 1)
+        await clock.advance(29)
+        assert machine.state == "busy"
+        await clock.advance(1)
+        await wait_until(lambda: machine.state == "broken")
+    assert lines(tmp_path / "order.log") == []  # the command never ran
+    [state] = recorder.states("job")
+    assert state.payload["previous_outcome"] == "error"
+    assert machine.watchers[0].status.last_error == (
+        "Cannot enter Governor serial: no slot in the serial Governor became free within 30s"
+    )
+    assert recorder.transitions() == [("failed", "busy", "broken")]
+    [event] = governor_events(caplog, "runner")
+    assert event["event_type"] == "timeout" and event["sequence"] == 0
+    assert event["governor"] == "serial"
+
+
+async def test_a_bad_governor_name_is_an_error(tmp_path: Path) -> None:
+    clock = FakeClock()
+    node = make_node(clock=clock)
+    node.provide("governor", LocalGovernor(clock))
+    machine = make_machine(governed_dir(tmp_path, "runner", governor="no spaces"), node=node)
+    async with running(machine):
+        await clock.advance(60)
+        await wait_until(lambda: machine.state == "broken")
+    assert machine.watchers[0].status.last_error == (
+        "Cannot enter Governor no spaces: invalid governor name 'no spaces': use 1 to 64 "
+        "letters, digits, '_' or '-'"
+    )
+
+
+async def test_an_empty_governor_name_runs_ungoverned(tmp_path: Path) -> None:
+    clock = FakeClock()
+    node = make_node(clock=clock)
+    governor = LocalGovernor(clock)
+    node.provide("governor", governor)
+    directory = governed_dir(tmp_path, "runner", governor='{{ lookup "data.none" "" }}')
+    machine = make_machine(directory, node=node)
+    async with running(machine):
+        await clock.advance(60)
+        await wait_until(lambda: machine.watchers[0].status.outcome == "success")
+    assert await governor.names() == []
+
+
+async def test_without_a_governor_service_commands_run_ungoverned_with_one_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    clock = FakeClock()
+    directory = governed_dir(tmp_path, "runner")
+    machine = make_machine(directory, clock=clock)
+    async with running(machine):
+        await clock.advance(60)
+        await wait_until(lambda: len(lines(tmp_path / "order.log")) == 2)
+        await clock.advance(60)
+        await wait_until(lambda: len(lines(tmp_path / "order.log")) == 4)
+        await wait_until(lambda: machine.watchers[0].status.runs == 2)
+    assert machine.state == "busy"
+    warnings = [r for r in caplog.records if "no governor service" in r.getMessage()]
+    assert [(w.levelno, w.getMessage()) for w in warnings] == [
+        (
+            logging.WARNING,
+            "runner#job: Governor serial is not used: no governor service is available here "
+            "(run the machine in the agent to have governors)",
+        )
+    ]
+    assert governor_events(caplog, "runner") == []
