@@ -37,6 +37,11 @@ pytest: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench
 
+# Load and faults for a while (python -m soak --help): process churn, broker restarts, hung
+# commands, broken manifests and SIGKILL rounds; exits non-zero when a bound is exceeded.
+soak: $(STAMP)
+	$(BIN)/python -m soak
+
 schema: $(STAMP)
 	$(BIN)/machinery schema > docs/machine.schema.json
 

@@ -1,0 +1,2 @@
+"""Fault injection: processes, agent crashes, full disks, broker outages, clock jumps,
+hostile input."""

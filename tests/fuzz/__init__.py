@@ -1,0 +1,1 @@
+"""Fuzzing: manifests, the small languages, CloudEvents and the HTTP API."""
