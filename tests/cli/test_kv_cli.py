@@ -236,6 +236,7 @@ async def test_agent_changes_need_the_token_when_required(
 ) -> None:
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN)
+    token_file.chmod(0o600)
     async with agent_factory(
         **{"http.require_token": True, "http.token_file": str(token_file)}
     ) as agent:

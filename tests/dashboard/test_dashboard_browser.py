@@ -307,6 +307,7 @@ async def test_transition_buttons_need_the_token(
     prepare_store(tmp_path)
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")
+    token_file.chmod(0o600)
     settings = {"http.require_token": True, "http.token_file": str(token_file)}
     async with (
         agent_factory(("hvac",), **settings) as run,

@@ -162,6 +162,11 @@ BAD_SETTINGS = [
     ({"MACHINERY_CONFIG": "{unknown_key}"}, [], "unknown setting 'colour'"),
     ({"MACHINERY_HTTP__TOKEN_FILE": "/nonexistent/token"}, [], "cannot read token file"),
     ({"MACHINERY_HTTP__TOKEN_FILE": "{short_token}"}, [], "too short"),
+    (
+        {"MACHINERY_HTTP__TOKEN_FILE": "{open_token}"},
+        [],
+        "is accessible to group/others (mode 0644); chmod 600 it",
+    ),
     ({"MACHINERY_FACTS": "/nonexistent/facts.json"}, [], "cannot read facts file"),
 ]
 
@@ -173,7 +178,10 @@ def test_bad_settings_stop_start_up_with_a_clear_message(
     (tmp_path / "bad.toml").write_text("rate_limit = [\n")
     (tmp_path / "unknown.toml").write_text("colour = 'blue'\n")
     (tmp_path / "token").write_text("short\n")
+    (tmp_path / "open-token").write_text("a-token-long-enough-to-be-used\n")
+    (tmp_path / "open-token").chmod(0o644)
     files = {
+        "{open_token}": str(tmp_path / "open-token"),
         "{bad_toml}": str(tmp_path / "bad.toml"),
         "{unknown_key}": str(tmp_path / "unknown.toml"),
         "{short_token}": str(tmp_path / "token"),

@@ -19,7 +19,6 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -261,12 +260,6 @@ print(time.monotonic() - started)
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="`matches` uses Python's backtracking re on the event loop: a manifest regex with "
-    "nested quantifiers plus a crafted data or fact value stalls the whole agent (Choria's RE2 "
-    "is linear)",
-)
 def test_a_catastrophic_regex_over_hostile_data_is_bounded() -> None:
     # In a child process, so the (currently exponential) evaluation cannot hang the suite.
     try:

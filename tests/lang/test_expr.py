@@ -655,8 +655,9 @@ def test_expect_bool_refuses_expressions_that_cannot_be_bool() -> None:
         ("x | 1", "unexpected token '1'", 4),
         ("nil.x", "unexpected token '.'", 3),
         ("f(1 2)", "unexpected token '2', expected ','", 4),
-        ("x matches '['", "invalid regular expression '[': unterminated character set at "
-         "position 0", 10),
+        ("x matches '['", "invalid regular expression '[': missing ]: [", 10),
+        # RE2, as Go: no backreferences or lookbehind, refused when the expression compiles.
+        ("x matches '(?<=a)b'", "invalid regular expression '(?<=a)b': invalid perl operator: (?<=", 10),
         ("x matches '" + "a" * 1001 + "'", "regular expression too long (1001 characters, "
          "at most 1000)", 10),
     ],

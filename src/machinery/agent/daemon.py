@@ -18,6 +18,7 @@ import os
 import signal
 import socket
 import sqlite3
+import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -318,11 +319,21 @@ class Agent:
         if path is None:
             return None
         try:
+            mode = path.stat().st_mode
             token = path.read_text().strip()
         except OSError as exc:
             raise ConfigError(f"cannot read token file {path}: {exc.strerror}") from exc
         if len(token) < 16:
             raise ConfigError(f"the token in {path} is too short (at least 16 characters)")
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            # Whoever can read the token can change every machine: ssh refuses such keys too.
+            problem = (
+                f"token file {path} is accessible to group/others (mode {stat.S_IMODE(mode):04o}); "
+                f"chmod 600 it"
+            )
+            if self.settings.check_permissions:
+                raise ConfigError(problem)
+            log.warning("%s (check_permissions is off, using it anyway)", problem)
         return token
 
     # -- HTTP ---------------------------------------------------------------------------------

@@ -72,13 +72,13 @@ names (a type error shows when the expression is evaluated).
 
 from __future__ import annotations
 
-import functools
 import math
 import re
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, Final, NoReturn
 
 from machinery.lang.gofmt import go_sprint
+from machinery.lang.regex import RegexError, compile_regex
 from machinery.spec.diagnostics import did_you_mean
 
 __all__ = ["BUILTIN_FUNCTION_NAMES", "Expression", "ExpressionError", "compile_expression"]
@@ -86,7 +86,6 @@ __all__ = ["BUILTIN_FUNCTION_NAMES", "Expression", "ExpressionError", "compile_e
 MAX_SOURCE_LENGTH: Final = 10_000
 MAX_DEPTH: Final = 100
 MAX_RANGE: Final = 100_000
-MAX_PATTERN_LENGTH: Final = 1000
 MAX_STRING: Final = 1 << 20
 MAX_COST: Final = 1_000_000
 
@@ -385,16 +384,11 @@ def _op_ends(a: object, b: object, ctx: _Context) -> object:
     return x.endswith(y)
 
 
-@functools.lru_cache(maxsize=256)
-def _regex(pattern: str) -> re.Pattern[str]:
-    if len(pattern) > MAX_PATTERN_LENGTH:
-        raise _Fault(
-            f"regular expression too long ({len(pattern)} characters, at most {MAX_PATTERN_LENGTH})"
-        )
+def _regex(pattern: str) -> Any:
     try:
-        return re.compile(pattern)
-    except (re.error, RecursionError, OverflowError) as exc:
-        raise _Fault(f"invalid regular expression {pattern!r}: {exc}") from None
+        return compile_regex(pattern)
+    except RegexError as exc:
+        raise _Fault(str(exc)) from None
 
 
 def _op_matches(a: object, b: object, ctx: _Context) -> object:

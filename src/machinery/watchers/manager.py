@@ -54,6 +54,7 @@ from machinery.lang.duration import format_go_duration
 from machinery.lang.expr import Expression, ExpressionError, compile_expression
 from machinery.lang.gjson import GJSONPathError
 from machinery.lang.gjson import lookup as gjson_lookup
+from machinery.lang.regex import RegexError, compile_regex
 from machinery.lang.template import STANDARD_FUNCTIONS, Template, parse_template
 from machinery.spec.kinds import Problem
 from machinery.spec.models import WatcherProperties
@@ -225,9 +226,9 @@ def matcher_environment(identity: str, facts: Mapping[str, Any]) -> dict[str, ob
         if not isinstance(pattern, str):
             raise TypeError("identity() needs a regular expression string")
         try:
-            return re.search(pattern, identity) is not None
-        except re.error as exc:
-            raise ValueError(f"invalid identity regular expression {pattern!r}: {exc}") from None
+            return compile_regex(pattern).search(identity) is not None
+        except RegexError as exc:
+            raise ValueError(f"identity(): {exc}") from None
 
     def get_fact(query: object) -> object:
         if not isinstance(query, str):
