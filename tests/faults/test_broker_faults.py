@@ -22,7 +22,6 @@ from typing import Any
 import nats
 import nats.errors
 import nats.js.errors
-import pytest
 from nats.js.api import StreamConfig
 
 from tests.agent.test_store import LAMP, write
@@ -264,14 +263,6 @@ async def test_a_cluster_server_stopped_during_heavy_publishing(
     assert result.missing == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="EventPublisher._captured treats ServiceUnavailableError ('JetStream system "
-    "temporarily unavailable', a cluster without quorum) as 'no JetStream on this broker' and "
-    "caches that for 30s: events go out as core NATS messages, are confirmed by a flush and "
-    "deleted from the spool without the stream's acknowledgement; whether the stream stores them "
-    "depends on the leader's timing (all 1000 lost in some runs)",
-)
 async def test_events_published_while_the_stream_has_no_quorum_are_not_lost(
     agent_factory: Any, tmp_path: Path
 ) -> None:

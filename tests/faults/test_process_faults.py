@@ -214,12 +214,6 @@ async def test_a_setsid_grandchild_leaves_the_group_and_survives(tmp_path: Path)
             os.kill(daemon, signal.SIGKILL)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ProcessRunner waits with Process.wait(), which on Python 3.11 also waits for the "
-    "output pipe to close: a background child that keeps stdout open hides the command's exit "
-    "until the timeout, so exit 0 becomes 'timed out' (see docs/reliability.md)",
-)
 async def test_a_command_exiting_while_its_background_child_holds_stdout(tmp_path: Path) -> None:
     script = "sleep 30 & echo $! > bg.pid; sleep 0.2; echo started"
     started = time.monotonic()
@@ -232,11 +226,6 @@ async def test_a_command_exiting_while_its_background_child_holds_stdout(tmp_pat
     assert took < 1.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a setsid'd daemon that inherits the command's stdout keeps the pipe, the subprocess "
-    "transport and one descriptor of the agent open until the daemon exits (per run)",
-)
 async def test_a_setsid_daemon_holding_stdout_leaks_no_descriptor(tmp_path: Path) -> None:
     runner = ProcessRunner(kill_grace=GRACE)
     script = "setsid sh -c 'echo $$ > d$0.pid; exec sleep 30' {n} & " + (

@@ -3,7 +3,9 @@
 Every command starts in a new session (its own process group). When it times out or its machine
 stops, the whole group gets SIGTERM, then SIGKILL after a short grace, so grandchildren do not
 linger. When the command itself exits, whatever it left running in its group is killed too: a
-command's lifetime bounds its children unless the manifest asks for ``disown``.
+command's lifetime bounds its children unless the manifest asks for ``disown``. (Children still
+holding its output get up to 0.2 s to finish writing first; a daemon that left the group with
+``setsid`` survives, but our end of its output pipe is closed.)
 
 :class:`CommandRunner` is the interface; :class:`ProcessRunner` runs real processes, and the
 simulator (``machinery test``) supplies scripted results through the same interface.
@@ -15,6 +17,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -114,19 +117,24 @@ class ProcessRunner:
         started = time.monotonic()
         if not request.argv:
             return CommandResult(None, error="empty command")
+        invalid = _invalid(request)
+        if invalid is not None:
+            return CommandResult(None, error=invalid)
         program = resolve_program(request.argv[0], request.cwd, request.env.get("PATH"))
         if program is None:
             return CommandResult(None, error=f"command not found: {request.argv[0]}")
         capture = request.capture and not request.disown
+        loop = asyncio.get_running_loop()
         try:
-            process = await asyncio.create_subprocess_exec(
+            transport, protocol = await loop.subprocess_exec(
+                lambda: _Command(request.output_limit),
                 str(program),
                 *request.argv[1:],
                 cwd=request.cwd,
                 env=dict(request.env),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE if capture else asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.STDOUT if capture else asyncio.subprocess.DEVNULL,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE if capture else subprocess.DEVNULL,
+                stderr=subprocess.STDOUT if capture else subprocess.DEVNULL,
                 start_new_session=True,
                 close_fds=True,
             )
@@ -134,89 +142,153 @@ class ProcessRunner:
             return CommandResult(
                 None, error=f"could not start {request.argv[0]}: {exc.strerror or exc}"
             )
+        except ValueError as exc:  # what _invalid missed, e.g. text that cannot be encoded
+            return CommandResult(None, error=f"could not start {request.argv[0]}: {exc}")
         if request.disown:
-            return await self._wait_disowned(process, started)
-        return await self._supervise(process, request, started, capture)
+            return await self._wait_disowned(transport, protocol, started)
+        return await self._supervise(transport, protocol, request, started)
 
     async def _wait_disowned(
-        self, process: asyncio.subprocess.Process, started: float
+        self, transport: asyncio.SubprocessTransport, command: _Command, started: float
     ) -> CommandResult:
-        # Stopping the machine cancels this wait but leaves the process running, by design.
-        code = await process.wait()
-        return CommandResult(code, duration=time.monotonic() - started, pid=process.pid)
+        # Stopping the machine cancels this wait but leaves the process running, by design
+        # (the protocol closes the transport whenever it exits).
+        await _within(command.exited, None)
+        return CommandResult(
+            transport.get_returncode(),
+            duration=time.monotonic() - started,
+            pid=transport.get_pid(),
+        )
 
     async def _supervise(
         self,
-        process: asyncio.subprocess.Process,
+        transport: asyncio.SubprocessTransport,
+        command: _Command,
         request: CommandRequest,
         started: float,
-        capture: bool,
     ) -> CommandResult:
-        output = bytearray()
-        truncated = False
-
-        async def read_output() -> None:
-            nonlocal truncated
-            assert process.stdout is not None
-            while chunk := await process.stdout.read(65536):
-                room = request.output_limit - len(output)
-                if room > 0:
-                    output.extend(chunk[:room])
-                if len(chunk) > room:
-                    truncated = True
-
-        reader = asyncio.ensure_future(read_output()) if capture else None
+        pid = transport.get_pid()
         timed_out = False
         try:
-            try:
-                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
-                # cancellation that arrives as the process exits, and the machine never stops.
-                async with asyncio.timeout(request.timeout):
-                    code = await process.wait()
-            except TimeoutError:
+            # The exit of the command itself, from the protocol: Process.wait() on Python 3.11
+            # also waits for the output pipe to close, which a background child can hold open.
+            # (asyncio.wait, not wait_for: on Python 3.11 wait_for can swallow a cancellation
+            # that arrives as the process exits, and the machine never stops.)
+            if not await _within(command.exited, request.timeout):
                 timed_out = True
                 self.timeouts += 1
-                await self._kill_group(process)
-                code = await process.wait()
-            # Whatever the command left behind in its group goes with it.
-            _signal_group(process.pid, signal.SIGKILL)
-            if reader is not None:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(_DRAIN_AFTER_EXIT):
-                        await asyncio.shield(reader)
+                await self._kill_group(transport, command)
+                await _within(command.exited, None)
+            # Read what is left in the pipe, giving the rest of the group a short grace to
+            # finish writing; then whatever the command left behind in its group goes with it.
+            await _within(command.eof, _DRAIN_AFTER_EXIT)
+            _signal_group(pid, signal.SIGKILL)
         except asyncio.CancelledError:
-            await asyncio.shield(self._kill_group(process))
+            await asyncio.shield(self._kill_group(transport, command))
             raise
         finally:
-            if reader is not None and not reader.done():
-                reader.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await reader
+            # Closes our end of the pipe even if a setsid'd daemon still holds the other end.
+            transport.close()
         duration = time.monotonic() - started
+        output = bytes(command.output)
         if timed_out:
             return CommandResult(
                 None,
-                bytes(output),
+                output,
                 duration,
                 timed_out=True,
-                truncated=truncated,
+                truncated=command.truncated,
                 error=f"timed out after {request.timeout:g}s",
-                pid=process.pid,
+                pid=pid,
             )
-        return CommandResult(code, bytes(output), duration, truncated=truncated, pid=process.pid)
+        return CommandResult(
+            transport.get_returncode(), output, duration, truncated=command.truncated, pid=pid
+        )
 
-    async def _kill_group(self, process: asyncio.subprocess.Process) -> None:
-        """SIGTERM the process group, then SIGKILL it if the leader outlives the grace."""
-        if process.returncode is None:
+    async def _kill_group(self, transport: asyncio.SubprocessTransport, command: _Command) -> None:
+        """SIGTERM the process group, then SIGKILL it if the leader, or a member holding the
+        output, outlives the grace."""
+        pid = transport.get_pid()
+        if transport.get_returncode() is None:
             self.kills += 1
-        _signal_group(process.pid, signal.SIGTERM)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self.kill_grace):
-                await process.wait()
-        _signal_group(process.pid, signal.SIGKILL)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self.kill_grace):
-                await process.wait()
+        _signal_group(pid, signal.SIGTERM)
+        await _within(command.exited, self.kill_grace, command.eof)
+        _signal_group(pid, signal.SIGKILL)
+        await _within(command.exited, self.kill_grace)
+
+
+class _Command(asyncio.SubprocessProtocol):
+    """One running command: its output, capped at ``limit`` bytes (the rest is read and
+    dropped), and futures for the exit of the command itself and the end of its output."""
+
+    def __init__(self, limit: int) -> None:
+        loop = asyncio.get_running_loop()
+        self.limit = limit
+        self.output = bytearray()
+        self.truncated = False
+        self.exited: asyncio.Future[None] = loop.create_future()
+        self.eof: asyncio.Future[None] = loop.create_future()
+        self._transport: asyncio.SubprocessTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.SubprocessTransport)
+        self._transport = transport
+        if transport.get_pipe_transport(1) is None:
+            _resolve(self.eof)  # not captured: no output to wait for
+
+    def pipe_data_received(self, fd: int, data: bytes) -> None:
+        room = self.limit - len(self.output)
+        if len(data) <= room:
+            self.output += data
+            return
+        if room > 0:
+            self.output += memoryview(data)[:room]
+        self.truncated = True
+
+    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
+        _resolve(self.eof)
+        self._close_when_done()
+
+    def process_exited(self) -> None:
+        _resolve(self.exited)
+        self._close_when_done()
+
+    def _close_when_done(self) -> None:
+        # Also when nobody waits any more (a disowned command outliving its machine's stop).
+        if self.exited.done() and self.eof.done() and self._transport is not None:
+            self._transport.close()
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+async def _within(
+    future: asyncio.Future[None], timeout: float | None, *others: asyncio.Future[None]
+) -> bool:
+    """Wait up to ``timeout`` (None: for ever) for ``future`` and ``others``, without cancelling
+    them; True if ``future`` is done."""
+    pending = [f for f in (future, *others) if not f.done()]
+    if pending:
+        await asyncio.wait(pending, timeout=timeout)
+    return future.done()
+
+
+def _invalid(request: CommandRequest) -> str | None:
+    """Why ``request`` cannot be handed to the kernel (None when it can): no argument or
+    environment entry can hold a NUL byte, nor a variable name an ``=``."""
+    for index, argument in enumerate(request.argv):
+        if "\0" in argument:
+            if index == 0:
+                return "the command name contains a NUL byte"
+            return f"argument {index} contains a NUL byte"
+    for name, value in request.env.items():
+        if "\0" in name or "=" in name:
+            return f"invalid environment variable name {name!r}"
+        if "\0" in value:
+            return f"environment variable {name} contains a NUL byte"
+    return None
 
 
 def _signal_group(pgid: int, signum: int) -> None:

@@ -22,7 +22,7 @@ import contextlib
 import datetime
 import logging
 from collections.abc import AsyncIterator, Iterator
-from typing import Any, NoReturn
+from typing import Any
 
 import nats.errors
 import nats.js.errors
@@ -32,9 +32,10 @@ from nats.js.kv import KeyValue
 
 from machinery.agent.localkv import check_bucket, check_key, check_watch_pattern
 from machinery.core.kv import BucketNotFound, KVEntry, KVError, KVOperation, KVRevisionMismatch
+from machinery.nats.cancellation import restore_cancellation, restore_cancellation_now
 from machinery.nats.connection import BrokerConnection
 
-__all__ = ["NatsKV", "restore_cancellation", "restore_cancellation_now"]
+__all__ = ["NatsKV"]
 
 log = logging.getLogger("machinery.nats.kv")
 
@@ -203,44 +204,6 @@ class NatsKV:
                     if info.config.name and info.config.name.startswith("KV_")
                 )
         return sorted(names)
-
-
-@contextlib.asynccontextmanager
-async def restore_cancellation() -> AsyncIterator[None]:
-    """Re-raise a cancellation of the current task that nats-py swallowed meanwhile.
-
-    nats-py waits for replies with ``asyncio.wait_for``, which in Python 3.11 returns the reply
-    and drops the cancellation when both happen in the same loop iteration; a task cancelled
-    then would carry on as if nothing happened, and whoever cancelled it would wait for ever.
-    The task's count of cancellation requests tells.
-    """
-    task = asyncio.current_task()
-    before = task.cancelling() if task is not None else 0
-    try:
-        yield
-    except asyncio.CancelledError:
-        raise
-    except Exception:
-        if task is not None and task.cancelling() > before:
-            await _cancelled()
-        raise
-    if task is not None and task.cancelling() > before:
-        await _cancelled()
-
-
-async def restore_cancellation_now() -> None:
-    """Raise CancelledError if the current task was asked to stop (see above)."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        await _cancelled()
-
-
-async def _cancelled() -> NoReturn:
-    # A cancellation still pending is delivered by this await; one that was swallowed is not,
-    # and is raised again here.
-    await asyncio.sleep(0)
-    log.debug("a cancellation was swallowed by nats-py; raising it again")
-    raise asyncio.CancelledError
 
 
 def _entry(update: Any) -> KVEntry:

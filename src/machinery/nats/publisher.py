@@ -12,6 +12,7 @@ message carries its CloudEvent id as ``Nats-Msg-Id``, so a JetStream stream capt
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from typing import Any
@@ -24,6 +25,7 @@ from nats.js import JetStreamContext
 from machinery.agent.spool import EventSpool, SpooledEvent
 from machinery.core.notifications import MachineEvent
 from machinery.events.cloudevents import encode_cloudevent, go_json, new_event_id, rfc3339
+from machinery.nats.cancellation import restore_cancellation
 from machinery.nats.connection import BrokerConnection
 
 __all__ = ["EventPublisher"]
@@ -35,6 +37,7 @@ _FLUSH_TIMEOUT = 10
 _RETRY = 1.0
 _STREAM_LOOKUP_TIMEOUT = 5.0
 _STREAM_LOOKUP_TTL = 30.0
+_STREAM_NAMES = "$JS.API.STREAM.NAMES"
 
 
 SPOOL_DROPPED_TYPE = "io.machinery.agent.v1.spool_dropped"
@@ -167,15 +170,24 @@ class EventPublisher:
         known = self._streams.get(subject)
         if known is not None and known[1] > now:
             return known[0]
+        # Asked directly rather than through nats-py's JetStream manager, which reports "no
+        # JetStream here" and "JetStream has no quorum now" as the same error: the first means
+        # core publishing is all there is, the second that the batch must wait.
+        request = json.dumps({"subject": subject}).encode()
         try:
-            await client.jetstream(timeout=_STREAM_LOOKUP_TIMEOUT).find_stream_name_by_subject(
-                subject
-            )
-            captured = True
-        except nats.js.errors.NotFoundError:
-            captured = False
-        except (nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError):
+            async with restore_cancellation():
+                reply = await client.request(_STREAM_NAMES, request, timeout=_STREAM_LOOKUP_TIMEOUT)
+        except nats.errors.NoRespondersError:
             captured = False  # no JetStream on this broker
+        else:
+            answer = json.loads(reply.data)
+            if "error" in answer:
+                error = answer["error"]
+                raise ConnectionError(
+                    f"cannot tell whether a stream stores {subject}: "
+                    f"{error.get('description') or error}"
+                )
+            captured = bool(answer.get("streams"))
         self._streams[subject] = (captured, now + _STREAM_LOOKUP_TTL)
         return captured
 

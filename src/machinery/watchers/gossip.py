@@ -29,7 +29,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from machinery.lang.template import TemplateError
-from machinery.nats.kv import restore_cancellation
+from machinery.nats.cancellation import restore_cancellation
 from machinery.spec.kinds import Problem
 from machinery.spec.models import MachineSpec, WatcherProperties, WatcherSpec
 from machinery.spec.types import TemplateText, compile_template
