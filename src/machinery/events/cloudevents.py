@@ -8,6 +8,7 @@ escaped, so Choria's own tools read our events unchanged.
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 from collections.abc import Callable
@@ -141,6 +142,20 @@ def _encode_transition(event: TransitionNotification, event_id: str) -> str:
     return text
 
 
+_MAX_TIMESTAMP = 2**53  # the integers a JSON number holds exactly
+
+
+def _timestamp(value: object) -> int:
+    """Unix seconds from an event: an integer (or integral float) a clock can show."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"timestamp {value!r} is not a number")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"timestamp {value!r} is not finite")
+    if abs(value) > _MAX_TIMESTAMP:
+        raise ValueError(f"timestamp {value!r} is out of range")
+    return int(value)
+
+
 def decode_cloudevent(text: str | bytes) -> MachineEvent:
     """Parse a CloudEvent (ours or a real Choria agent's) back into an event.
 
@@ -164,18 +179,22 @@ def decode_cloudevent(text: str | bytes) -> MachineEvent:
                 identity=str(data.get("identity", "")),
                 id=str(data.get("id", "")),
                 version=str(data.get("version", "")),
-                timestamp=int(data.get("timestamp", 0)),
+                timestamp=_timestamp(data.get("timestamp", 0)),
                 machine=str(data.get("machine", "")),
                 transition=str(data.get("transition", "")),
                 from_state=str(data.get("from_state", "")),
                 to_state=str(data.get("to_state", "")),
             )
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, ArithmeticError) as exc:
             raise CloudEventError(f"invalid transition event: {exc}") from None
     if protocol.startswith(_WATCHER_PREFIX) and protocol.endswith(_WATCHER_SUFFIX):
         watcher_type = protocol[len(_WATCHER_PREFIX) : -len(_WATCHER_SUFFIX)]
         if not watcher_type:
             raise CloudEventError("invalid watcher type in watcher state")
+        try:
+            _timestamp(data.get("timestamp", 0))
+        except (TypeError, ValueError) as exc:
+            raise CloudEventError(f"invalid watcher state: {exc}") from None
         from machinery.events.text import describe_watcher_state
 
         return WatcherStateNotification(

@@ -19,8 +19,8 @@ def describe_watcher_state(watcher_type: str, payload: Mapping[str, Any]) -> str
     if watcher_type in registry:
         try:
             return registry[watcher_type].describe_payload(payload)
-        except (TypeError, ValueError, KeyError):
-            pass
+        except (TypeError, ValueError, KeyError, ArithmeticError):
+            pass  # a payload we cannot read (another version, or hostile): the generic text
     return (
         f"{payload.get('identity')} {payload.get('machine')}#{payload.get('name')} "
         f"{watcher_type} watcher state"
@@ -40,5 +40,9 @@ def console_line(event: MachineEvent) -> str:
 
 def watch_line(event: MachineEvent, *, local_time: bool = True) -> str:
     """What ``machinery watch`` prints: ``[HH:MM:SS] <text>``, the event's time."""
-    stamp = time.localtime(event.timestamp) if local_time else time.gmtime(event.timestamp)
-    return f"[{time.strftime('%H:%M:%S', stamp)}] {event.describe()}"
+    try:
+        stamp = time.localtime(event.timestamp) if local_time else time.gmtime(event.timestamp)
+        when = time.strftime("%H:%M:%S", stamp)
+    except (OverflowError, OSError, ValueError):
+        when = str(event.timestamp)  # beyond what the platform's clock can show
+    return f"[{when}] {event.describe()}"
