@@ -317,3 +317,29 @@ async def test_agent_settings_hide_every_nats_secret(agent_factory: Any) -> None
     assert nats["servers"] == ["nats://127.0.0.1:1", "nats://***@127.0.0.1:2"]
     assert nats["password"] == nats["token"] == "***"
     assert response.json()["nats"]["servers"] == nats["servers"]
+
+
+async def test_request_bodies_are_bounded(agent_factory: Any) -> None:
+    from machinery.api.guard import MAX_BODY_BYTES
+
+    async with agent_factory() as run:
+        await run.http.post("/api/v1/kv/CFG")
+        declared = await run.http.put("/api/v1/kv/CFG/big", content=b"x" * (MAX_BODY_BYTES + 1))
+        assert declared.status_code == 413
+        assert declared.json() == {
+            "error": f"request bodies are limited to {MAX_BODY_BYTES} bytes"
+        }
+
+        def chunks() -> Any:  # no Content-Length: counted as it arrives
+            for _ in range(3):
+                yield b"x" * (1024 * 1024)
+
+        streamed = await run.http.put("/api/v1/kv/CFG/big", content=_aiter(chunks()))
+        assert streamed.status_code == 413
+        small = await run.http.put("/api/v1/kv/CFG/small", content=b"fine")
+        assert small.status_code == 200
+
+
+async def _aiter(items: Any) -> Any:
+    for item in items:
+        yield item

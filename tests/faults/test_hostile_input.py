@@ -587,12 +587,6 @@ async def test_a_slowloris_flood_does_not_stop_the_api(agent_factory: Any) -> No
         assert health.status_code == 200 and took < 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="request bodies are unbounded and read before the token check: an unauthenticated "
-    "client can make the agent buffer hundreds of MiB (FastAPI reads the body before running "
-    "dependencies; no size limit in uvicorn or the app)",
-)
 def test_an_unauthenticated_huge_body_is_refused_before_it_is_buffered(tmp_path: Path) -> None:
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN)

@@ -9,13 +9,12 @@ needs the bearer token when the listener is not loopback (or always, if configur
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Annotated, Any
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -27,6 +26,7 @@ from machinery import __version__
 from machinery.api.choria import choria_router
 from machinery.api.dashboard import router as dashboard_router
 from machinery.api.governor import router as governor_router
+from machinery.api.guard import RequestGuard, token_dependency
 from machinery.api.kv import router as kv_router
 from machinery.core.machine import Machine
 from machinery.core.notifications import MachineEvent, TransitionNotification
@@ -207,21 +207,8 @@ def create_app(agent: Agent) -> FastAPI:
             raise HTTPException(404, f"machine {name} {reason}")
         return entry.machine
 
-    def require_token(authorization: Annotated[str | None, Header()] = None) -> None:
-        http = agent.settings.http
-        if http.is_loopback and not http.require_token:
-            return
-        if agent.token is None:
-            raise HTTPException(
-                403, "state changes on a non-loopback listener need a token: set http.token_file"
-            )
-        scheme, _, supplied = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            supplied.strip().encode(), agent.token.encode()
-        ):
-            raise HTTPException(
-                401, "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"}
-            )
+    require_token = token_dependency(agent)
+    app.add_middleware(RequestGuard, agent=agent)
 
     app.include_router(choria_router(lambda: agent.node, require_token))
     app.include_router(dashboard_router(mode="agent"))

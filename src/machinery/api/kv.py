@@ -13,12 +13,11 @@ with ``--nats`` reaches it directly.
 from __future__ import annotations
 
 import base64
-import hmac
 import json
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from pydantic import BaseModel, Field
 from sse_starlette.sse import EventSourceResponse
 
@@ -29,12 +28,13 @@ from machinery.agent.localkv import (
     MAX_KEY_LENGTH,
     WATCH_PATTERN,
 )
+from machinery.api.guard import token_dependency
 from machinery.core.kv import BucketNotFound, KVEntry, KVError, KVRevisionMismatch, KVStore
 
 if TYPE_CHECKING:
     from machinery.agent.daemon import Agent
 
-__all__ = ["MAX_VALUE_SIZE", "entry_json", "router", "token_dependency"]
+__all__ = ["MAX_VALUE_SIZE", "entry_json", "router"]
 
 # NATS' default maximum payload.
 MAX_VALUE_SIZE = 1024 * 1024
@@ -118,32 +118,9 @@ def entry_json(entry: KVEntry) -> dict[str, Any]:
     return body
 
 
-def token_dependency(agent: Agent) -> Callable[..., None]:
-    """The agent's rule for state changes (the same as ``create_app``'s): free on a loopback
-    listener unless ``http.require_token``, else the bearer token."""
-
-    def require_token(authorization: Annotated[str | None, Header()] = None) -> None:
-        http = agent.settings.http
-        if http.is_loopback and not http.require_token:
-            return
-        if agent.token is None:
-            raise HTTPException(
-                403, "state changes on a non-loopback listener need a token: set http.token_file"
-            )
-        scheme, _, supplied = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            supplied.strip().encode(), agent.token.encode()
-        ):
-            raise HTTPException(
-                401, "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"}
-            )
-
-    return require_token
-
-
 def router(agent: Agent, require_token: Callable[..., Any] | None = None) -> APIRouter:
     """The ``/api/v1/kv`` routes for ``agent``; ``require_token`` guards the changes (the app's
-    dependency; by default :func:`token_dependency`)."""
+    dependency; by default :func:`machinery.api.guard.token_dependency`)."""
     routes = APIRouter(tags=["kv"])
     guard = [Depends(require_token or token_dependency(agent))]
 
