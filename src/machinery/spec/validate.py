@@ -28,7 +28,7 @@ from machinery.spec.models import (
     WatcherProperties,
     WatcherSpec,
 )
-from machinery.spec.yamlfile import Path, YamlDocument, load_yaml
+from machinery.spec.yamlfile import MAX_FILE_BYTES, Path, YamlDocument, load_yaml
 
 __all__ = [
     "MANIFEST_NAME",
@@ -37,6 +37,7 @@ __all__ = [
     "check_manifest_text",
     "load_manifest",
     "manifest_file",
+    "read_manifest_bytes",
 ]
 
 MANIFEST_NAME = "machine.yaml"
@@ -83,6 +84,13 @@ def load_manifest(path: str | FsPath, kinds: Mapping[str, WatcherKind]) -> Manif
     return manifest
 
 
+def read_manifest_bytes(file: FsPath) -> bytes:
+    """A manifest's bytes, at most one more than :data:`MAX_FILE_BYTES`: enough to tell that a
+    file is too large without reading (or holding) all of it."""
+    with open(file, "rb") as handle:
+        return handle.read(MAX_FILE_BYTES + 1)
+
+
 def check_manifest(
     path: str | FsPath, kinds: Mapping[str, WatcherKind]
 ) -> tuple[Manifest | None, list[Diagnostic]]:
@@ -91,11 +99,13 @@ def check_manifest(
     file = manifest_file(path)
     shown = str(path if FsPath(path).is_file() else file)
     try:
-        raw = file.read_bytes()
+        raw = read_manifest_bytes(file)
     except FileNotFoundError:
         return None, [_at(shown, f"cannot read {file}: no such file")]
     except OSError as exc:
         return None, [_at(shown, f"cannot read {file}: {exc.strerror or exc}")]
+    if len(raw) > MAX_FILE_BYTES:
+        return None, [_at(shown, f"file is larger than {MAX_FILE_BYTES // 1024} KiB")]
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
