@@ -33,6 +33,7 @@ from machinery.agent.metrics import AgentMetrics
 from machinery.agent.spool import EventSpool
 from machinery.agent.state import StateDB, StateWriter
 from machinery.agent.store import StoreManager
+from machinery.core.atomic import atomic_write
 from machinery.core.facts import Facts, FactsError
 from machinery.core.inotify import FileMonitor
 from machinery.core.machine import Machine
@@ -384,9 +385,10 @@ class Agent:
             self._http_server.should_exit = True
 
     def _write_agent_file(self) -> None:
-        path = self.settings.state_dir / AGENT_FILE
-        path.write_text(
-            json.dumps({"pid": os.getpid(), "url": self.http_url, "version": __version__})
+        # Atomically: the CLI reads it to find the agent, possibly while it is being written.
+        atomic_write(
+            self.settings.state_dir / AGENT_FILE,
+            json.dumps({"pid": os.getpid(), "url": self.http_url, "version": __version__}).encode(),
         )
 
     # -- health (the nagios agent_status builtin and /healthz) --------------------------------
