@@ -65,4 +65,5 @@ async def test_metrics_match_the_events_of_a_scripted_run(agent_factory: Any) ->
     assert value(found, "machinery_nats_connected") == 0
     assert value(found, "machinery_build_info", version=__import__("machinery").__version__,
                  python=__import__("platform").python_version()) == 1
-    assert all(name.startswith("machinery_") for name, _ in found)
+    assert value(found, "process_open_fds") > 0
+    assert all(name.startswith(("machinery_", "process_")) for name, _ in found)

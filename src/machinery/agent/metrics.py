@@ -13,7 +13,7 @@ import platform
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -67,6 +67,8 @@ class AgentMetrics:
             registry=self.registry,
         )
         self.registry.register(_Current(agent))
+        # The agent's own memory, CPU and file descriptors (process_*), for leak alerts.
+        ProcessCollector(registry=self.registry)
 
     # -- the hooks ----------------------------------------------------------------------------
 
