@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import gzip
 import hashlib
 import io
+import logging
 import os
 import shutil
+import signal
 import stat
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
 import pytest
 
+from machinery.core import extract
 from machinery.core.extract import (
     MAX_HEADER_BYTES,
     ExtractError,
     VerifyError,
+    exchange_paths,
     extract_tar_gz,
     replace_tree,
     sha256_file,
@@ -538,4 +546,152 @@ def test_replace_tree_puts_the_old_one_back_when_the_new_cannot_move(tmp_path: P
     with pytest.raises(FileNotFoundError):
         replace_tree(tmp_path / "does-not-exist", final, aside)
     assert tree(final) == before
+    assert not aside.exists()
+
+
+def installs(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A new tree (v=2) staged, an old install (v=1) in place, and the aside path."""
+    new, final, aside = tmp_path / "stage" / "app", tmp_path / "app", tmp_path / "stage" / "old"
+    new.mkdir(parents=True)
+    (new / "v").write_text("2")
+    final.mkdir()
+    (final / "v").write_text("1")
+    return new, final, aside
+
+
+def test_replace_tree_exchanges_in_one_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    new, final, aside = installs(tmp_path)
+    renames: list[tuple[str, str]] = []
+    real_rename = os.rename
+
+    def rename(source: str, target: str) -> None:
+        renames.append((os.fspath(source), os.fspath(target)))
+        real_rename(source, target)
+
+    monkeypatch.setattr(os, "rename", rename)
+    replace_tree(new, final, aside)
+    assert (final / "v").read_text() == "2"
+    assert (aside / "v").read_text() == "1"
+    # The install never left: the only rename moves the old tree, already swapped out.
+    assert renames == [(str(new), str(aside))]
+
+
+# Killed before the exchange, or after it, before the old tree is moved aside: the install is
+# whole either way (there is no moment between two renames any more).
+CRASH = """
+import os, signal, sys
+from machinery.core import extract
+step = int(sys.argv[4])
+calls = []
+def kill_at(name, real):
+    def wrapper(*args):
+        calls.append(name)
+        if len(calls) == step:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(*args)
+    return wrapper
+os.rename = kill_at("rename", os.rename)
+extract.exchange_paths = kill_at("exchange", extract.exchange_paths)
+extract.replace_tree(sys.argv[1], sys.argv[2], sys.argv[3])
+print(",".join(calls))
+"""
+
+
+@pytest.mark.parametrize("step", [1, 2, 3])
+def test_a_kill_during_replace_tree_leaves_an_install(tmp_path: Path, step: int) -> None:
+    new, final, aside = installs(tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-c", CRASH, str(new), str(final), str(aside), str(step)],
+        capture_output=True,
+        text=True,
+    )
+    assert (final / "v").read_text() in ("1", "2")
+    if step <= 2:  # killed before the exchange, or before the old tree is moved aside
+        assert done.returncode == -signal.SIGKILL
+        assert (final / "v").read_text() == ("1" if step == 1 else "2")
+    else:  # there is no third step
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == "exchange,rename"
+
+
+def test_exchange_paths(tmp_path: Path) -> None:
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.mkdir()
+    (first / "v").write_text("a")
+    second.write_text("b")  # a file and a directory can trade places too
+    exchange_paths(first, second)
+    assert first.read_text() == "b"
+    assert (second / "v").read_text() == "a"
+    with pytest.raises(FileNotFoundError):
+        exchange_paths(tmp_path / "missing", first)
+
+
+def test_renameat2_through_the_system_call(tmp_path: Path) -> None:
+    call = extract._renameat2_syscall(ctypes.CDLL(None, use_errno=True))
+    if call is None:
+        pytest.skip("no renameat2 system call number for this machine")
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.write_text("a")
+    second.write_text("b")
+    assert call(extract.AT_FDCWD, bytes(first), extract.AT_FDCWD, bytes(second), 2) == 0
+    assert (first.read_text(), second.read_text()) == ("b", "a")
+    assert call(extract.AT_FDCWD, bytes(tmp_path / "x"), extract.AT_FDCWD, bytes(first), 2) == -1
+    assert ctypes.get_errno() == errno.ENOENT
+
+
+@pytest.mark.parametrize("code", [errno.EINVAL, errno.ENOSYS])
+def test_replace_tree_falls_back_to_two_renames(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, code: int
+) -> None:
+    def refuse(first: object, second: object) -> None:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(extract, "exchange_paths", refuse)
+    new, final, aside = installs(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="machinery.extract"):
+        replace_tree(new, final, aside)
+    assert (final / "v").read_text() == "2"
+    assert (aside / "v").read_text() == "1"
+    assert "using two renames" in caplog.text
+
+
+def test_replace_tree_without_renameat2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(extract, "_renameat2", lambda: None)  # not Linux, or no wrapper
+    with pytest.raises(OSError) as raised:
+        exchange_paths(tmp_path, tmp_path)
+    assert raised.value.errno == errno.ENOSYS
+    new, final, aside = installs(tmp_path)
+    replace_tree(new, final, aside)
+    assert (final / "v").read_text() == "2"
+
+
+def test_the_fallback_puts_the_old_one_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(first: object, second: object) -> None:
+        raise OSError(errno.EINVAL, "not supported")
+
+    monkeypatch.setattr(extract, "exchange_paths", refuse)
+    final, aside = tmp_path / "final", tmp_path / "aside"
+    final.mkdir()
+    (final / "v").write_text("1")
+    with pytest.raises(FileNotFoundError):
+        replace_tree(tmp_path / "does-not-exist", final, aside)
+    assert (final / "v").read_text() == "1"
+    assert not aside.exists()
+
+
+def test_other_exchange_failures_change_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    new, final, aside = installs(tmp_path)
+    (new / "v").unlink()
+    new.rmdir()
+    new.write_text("a file where the tree should be")
+    monkeypatch.setattr(os, "rename", None)  # no rename may happen
+    with pytest.raises(NotADirectoryError):
+        replace_tree(new / "sub", final, aside)
+    assert (final / "v").read_text() == "1"
     assert not aside.exists()

@@ -245,22 +245,16 @@ SWAP = """
 import os, signal, sys
 from machinery.core.extract import replace_tree
 real_rename = os.rename
-calls = []
 def rename(src, dst):
-    calls.append(src)
-    if len(calls) == 2:  # killed between moving the old tree aside and moving the new one in
-        os.kill(os.getpid(), signal.SIGKILL)
+    # Killed at the swap's first rename: after the exchange (the old tree is being moved
+    # aside), or, with two renames, between moving the old tree aside and the new one in.
+    os.kill(os.getpid(), signal.SIGKILL)
     real_rename(src, dst)
 os.rename = rename
 replace_tree(sys.argv[1], sys.argv[2], sys.argv[3])
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="replace_tree swaps with two renames (old aside, new in): a crash between them "
-    "leaves no install at all; an atomic exchange (renameat2 RENAME_EXCHANGE) would not",
-)
 def test_a_crash_in_the_middle_of_an_install_swap_leaves_an_install(tmp_path: Path) -> None:
     old, new, aside = tmp_path / "app", tmp_path / "stage" / "app", tmp_path / "stage" / "previous"
     old.mkdir()
@@ -272,16 +266,10 @@ def test_a_crash_in_the_middle_of_an_install_swap_leaves_an_install(tmp_path: Pa
     )
     assert done.returncode == -signal.SIGKILL
     state = "absent" if not old.exists() else (old / "v").read_text()
-    print(f"killed between the two renames of replace_tree: install is {state}")
-    assert state in ("1", "2")
+    print(f"killed in the middle of replace_tree: install is {state}")
+    assert state == "2"  # exchanged atomically before the kill
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the archive watcher never removes staging directories left in <target>/tmp by a "
-    "killed agent: each crash mid-download or mid-swap leaks up to one archive (or a whole "
-    "previous install) on disk",
-)
 def test_stale_staging_directories_are_removed_after_a_crash(tmp_path: Path) -> None:
     archive = make_app_archive(files=8, size=128 * 1024)
     with ArchiveServer(archive.data, slow=0.05) as server:

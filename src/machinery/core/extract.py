@@ -15,14 +15,21 @@ the ``machinery plugins`` command share them.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
+import functools
 import gzip
 import hashlib
 import hmac
+import logging
 import os
+import platform
 import re
 import stat
+import sys
 import tarfile
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
@@ -32,11 +39,14 @@ __all__ = [
     "DEFAULT_MAX_TOTAL_BYTES",
     "ExtractError",
     "VerifyError",
+    "exchange_paths",
     "extract_tar_gz",
     "replace_tree",
     "sha256_file",
     "verify_sums",
 ]
+
+log = logging.getLogger("machinery.extract")
 
 GIB = 1024**3
 DEFAULT_MAX_FILES = 10_000
@@ -516,18 +526,130 @@ def replace_tree(
 ) -> None:
     """Put directory ``new`` at ``final``, keeping whatever was at ``final`` until it succeeded.
 
-    The current ``final`` (if any) is renamed to ``aside`` (a path that must not exist, on the
-    same file system), then ``new`` is renamed to ``final``; if that fails the old one is put
-    back and the error raised. Removing ``aside`` afterwards is the caller's job. All three paths
-    must be on one file system, so every step is a rename.
+    When ``final`` exists, the two are exchanged in one atomic step (Linux ``renameat2`` with
+    ``RENAME_EXCHANGE``), so at every moment ``final`` holds the old tree or the new one, even if
+    the process dies; the old tree, now at ``new``'s path, is then renamed to ``aside`` (a path
+    that must not exist; if that rename fails the old tree stays at ``new``'s path). Where the
+    kernel or the file system cannot exchange (``EINVAL``, ``ENOSYS``), a warning is logged and
+    the swap is two renames: ``final`` to ``aside``, then ``new`` to ``final``, putting the old
+    one back if the second fails (a crash between the two leaves nothing at ``final``). Any other
+    failure of the exchange changed nothing and is raised. Removing ``aside`` (or ``new``'s
+    path) afterwards is the caller's job. All three paths must be on one file system.
     """
-    had_previous = os.path.lexists(final)
-    if had_previous:
-        os.rename(final, aside)
+    if not os.path.lexists(final):
+        os.rename(new, final)
+        return
+    try:
+        exchange_paths(new, final)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOSYS):
+            raise
+        log.warning(
+            "cannot swap %s into place atomically (%s); using two renames, so a crash between "
+            "them would leave no install",
+            os.fspath(final),
+            exc.strerror,
+        )
+        _replace_with_renames(new, final, aside)
+        return
+    try:
+        os.rename(new, aside)
+    except OSError as exc:
+        log.warning("the previous %s stays at %s: %s", os.fspath(final), os.fspath(new), exc)
+
+
+def _replace_with_renames(
+    new: str | os.PathLike[str], final: str | os.PathLike[str], aside: str | os.PathLike[str]
+) -> None:
+    os.rename(final, aside)
     try:
         os.rename(new, final)
     except OSError:
-        if had_previous:
-            with contextlib.suppress(OSError):
-                os.rename(aside, final)
+        with contextlib.suppress(OSError):
+            os.rename(aside, final)
         raise
+
+
+# renameat2(2): AT_FDCWD makes both paths relative to the working directory (or absolute).
+AT_FDCWD = -100
+RENAME_EXCHANGE = 2
+# renameat2's system call number, for a C library without the wrapper (glibc < 2.28, some
+# others), by machine (uname -m) and pointer size.
+_SYS_RENAMEAT2 = {
+    ("x86_64", 8): 316,
+    ("amd64", 8): 316,
+    ("x86_64", 4): 353,
+    ("i386", 4): 353,
+    ("i486", 4): 353,
+    ("i586", 4): 353,
+    ("i686", 4): 353,
+    ("aarch64", 8): 276,
+    ("arm64", 8): 276,
+    ("riscv64", 8): 276,
+    ("loongarch64", 8): 276,
+    ("aarch64", 4): 382,
+    ("armv6l", 4): 382,
+    ("armv7l", 4): 382,
+    ("armv8l", 4): 382,
+    ("ppc64", 8): 357,
+    ("ppc64le", 8): 357,
+    ("ppc", 4): 357,
+    ("s390x", 8): 347,
+}
+
+_Renameat2 = Callable[[int, bytes, int, bytes, int], int]
+
+
+def exchange_paths(first: str | os.PathLike[str], second: str | os.PathLike[str]) -> None:
+    """Atomically exchange two existing paths (``renameat2(RENAME_EXCHANGE)``).
+
+    Raises :class:`OSError`: ``ENOSYS`` where the call does not exist (not Linux, or a kernel
+    older than 3.15), ``EINVAL`` where the file system cannot exchange, and whatever else
+    ``renameat2`` reports (nothing was changed then).
+    """
+    call = _renameat2()
+    if call is None:
+        raise OSError(errno.ENOSYS, "renameat2 is not available", os.fspath(first))
+    if call(AT_FDCWD, os.fsencode(first), AT_FDCWD, os.fsencode(second), RENAME_EXCHANGE) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code), os.fspath(first), None, os.fspath(second))
+
+
+@functools.cache
+def _renameat2() -> _Renameat2 | None:
+    """The C library's ``renameat2``, else the system call, else None (not on Linux)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+    wrapper = getattr(libc, "renameat2", None)
+    if wrapper is None:
+        return _renameat2_syscall(libc)
+    wrapper.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    wrapper.restype = ctypes.c_int
+    function: _Renameat2 = wrapper
+    return function
+
+
+def _renameat2_syscall(libc: ctypes.CDLL) -> _Renameat2 | None:
+    """``renameat2`` through ``syscall(2)`` (for a C library without the wrapper), or None."""
+    number = _SYS_RENAMEAT2.get((platform.machine().lower(), ctypes.sizeof(ctypes.c_void_p)))
+    syscall = getattr(libc, "syscall", None)
+    if number is None or syscall is None:
+        return None
+    syscall.restype = ctypes.c_long
+
+    def call(old_dir: int, old: bytes, new_dir: int, new: bytes, flags: int) -> int:
+        result: int = syscall(
+            ctypes.c_long(number),
+            ctypes.c_int(old_dir),
+            ctypes.c_char_p(old),
+            ctypes.c_int(new_dir),
+            ctypes.c_char_p(new),
+            ctypes.c_uint(flags),
+        )
+        return result
+
+    return call

@@ -2,11 +2,15 @@
 
 On every check (at start, on every interval tick and on every state change) the installed
 ``<target>/<creates>`` directory is verified against its ``SHA256SUMS``-style file. A verified
-install reports ``verified``; otherwise the archive is downloaded into ``<target>/tmp/<random>/``,
-its SHA-256 checked against ``checksum`` before anything is extracted, extracted with the safe
-extractor of :mod:`machinery.core.extract`, verified again, and swapped into place with renames,
-so a failure at any step leaves the previous install exactly as it was. The result is
+install reports ``verified``; otherwise the archive is downloaded into a staging directory in
+``<target>/tmp/``, its SHA-256 checked against ``checksum`` before anything is extracted, extracted
+with the safe extractor of :mod:`machinery.core.extract`, verified again, and swapped into place
+in one atomic exchange, so a failure at any step leaves the previous install exactly as it was. The result is
 ``downloaded``; any failure is ``error``. Credentials never appear in events or logs.
+
+Staging directories are named after the machine and watcher
+(``<target>/tmp/<machine>-<watcher>-<digest>-<random>/``), so a watcher that starts removes the
+ones an agent killed mid-download or mid-swap left behind, and only its own.
 
 Node service used: ``governor`` (:class:`machinery.core.governor.Governor`, provided by the
 agent: NATS governors with NATS, its local ones otherwise). When a watcher names a governor, a
@@ -24,6 +28,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import time
 import urllib.parse
 from collections.abc import Iterable, Mapping
@@ -73,6 +78,14 @@ STAGING_DIRECTORY = "tmp"
 MAX_FILES = DEFAULT_MAX_FILES
 MAX_EXTRACTED_BYTES = DEFAULT_MAX_TOTAL_BYTES
 MAX_FILE_BYTES = DEFAULT_MAX_FILE_BYTES
+
+# Characters of machine and watcher names kept in staging directory names (others become "_").
+_STAGE_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_.@-]")
+_STAGE_LABEL_LENGTH = 80
+# Stages in use in this process: a watcher starting again (its machine reloaded) while the
+# previous instance still installs must not remove that one's stage.
+_active_stages: set[str] = set()
+_active_lock = threading.Lock()
 
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 _USERINFO = re.compile(r"(?<=://)[^/?#]*@")
@@ -256,9 +269,45 @@ class ArchiveWatcher(PolledWatcher[ArchiveProperties]):
         """Seconds allowed for one download: ``timeout``, raised to the minimum of 5s."""
         return max(self.properties.timeout, MIN_TIMEOUT)
 
+    @property
+    def stage_prefix(self) -> str:
+        """How this watcher's staging directories in ``<target>/tmp`` start: the machine and
+        watcher names (made safe for a file name, shortened) and a digest of the exact names, so
+        no other watcher's stages start the same way."""
+        machine, watcher = self.machine.name, self.name
+        label = _STAGE_NAME_UNSAFE.sub("_", f"{machine}-{watcher}")[:_STAGE_LABEL_LENGTH]
+        digest = hashlib.sha256(f"{machine}\0{watcher}".encode()).hexdigest()[:12]
+        return f"{label}-{digest}-"
+
     async def on_start(self) -> None:
+        # Stages left by an agent killed mid-download or mid-swap: a partial archive, or a
+        # whole previous install. Removed before the first check can make a new one.
+        await asyncio.to_thread(self._remove_stale_stages)
         # Choria checks once right away, before the first interval tick.
         self._wakeup.set(TICK)
+
+    def _remove_stale_stages(self) -> None:
+        """Remove this watcher's staging directories that no running check is using."""
+        staging = self.target / STAGING_DIRECTORY
+        prefix = self.stage_prefix
+        try:
+            with os.scandir(staging) as listing:
+                stale = [
+                    os.path.abspath(entry.path)
+                    for entry in listing
+                    if entry.name.startswith(prefix) and entry.is_dir(follow_symlinks=False)
+                ]
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            self.log_warning(f"cannot look for stale staging directories in {staging}: {exc}")
+            return
+        for path in stale:
+            with _active_lock:
+                if path in _active_stages:
+                    continue
+            self.log_info(f"Removing staging directory {path} left by an earlier run")
+            shutil.rmtree(path, ignore_errors=True)
 
     async def check(self, reasons: int) -> None:
         if not self.should_watch():
@@ -349,7 +398,11 @@ class ArchiveWatcher(PolledWatcher[ArchiveProperties]):
             # Choria creates the target (and its staging directory) private to the agent.
             os.makedirs(self.target, mode=0o700, exist_ok=True)
             os.makedirs(staging, mode=0o700, exist_ok=True)
-            stage = Path(tempfile.mkdtemp(dir=staging))
+            with _active_lock:  # so no watcher starting meanwhile takes it for a stale one
+                stage = Path(
+                    os.path.abspath(tempfile.mkdtemp(prefix=self.stage_prefix, dir=staging))
+                )
+                _active_stages.add(str(stage))
         except OSError as exc:
             raise _Failure(f"could not create temp directory: {exc}") from None
         handed_off = False
@@ -364,7 +417,7 @@ class ArchiveWatcher(PolledWatcher[ArchiveProperties]):
             await asyncio.to_thread(self._install_from, Path(name), stage, verify_checksum)
         finally:
             if not handed_off:
-                shutil.rmtree(stage, ignore_errors=True)
+                _remove_stage(stage)
         self.log_info(f"Archive {self._last_source} was deployed successfully to {self.install}")
         return "downloaded"
 
@@ -456,11 +509,13 @@ class ArchiveWatcher(PolledWatcher[ArchiveProperties]):
                 except VerifyError as exc:
                     raise _Failure(f"verifying the extracted archive failed: {exc}") from None
             try:
+                # One atomic exchange when there is an install: the old tree ends up in the
+                # stage and goes with it.
                 replace_tree(new, self.install, stage / "previous")
             except OSError as exc:
                 raise _Failure(f"could not install {self.install}: {exc}") from None
         finally:
-            shutil.rmtree(stage, ignore_errors=True)
+            _remove_stage(stage)
 
     def state_fields(self) -> dict[str, Any]:
         return {
@@ -478,6 +533,12 @@ class ArchiveWatcher(PolledWatcher[ArchiveProperties]):
             f"{payload.get('source')}, previous: {payload.get('previous_outcome')} "
             f"ran: {seconds:.3f}s"
         )
+
+
+def _remove_stage(stage: Path) -> None:
+    shutil.rmtree(stage, ignore_errors=True)
+    with _active_lock:
+        _active_stages.discard(str(stage))
 
 
 def _install_problem(install: Path, verify: str, checksum: str) -> str | None:
