@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 from pathlib import Path
@@ -9,7 +10,14 @@ from typing import Any
 
 import pytest
 
-from machinery.agent.store import eligible_name, permission_problem
+from machinery.agent.store import (
+    command_problem,
+    eligible_name,
+    executable_problem,
+    permission_problem,
+    static_program,
+)
+from machinery.spec.yamlfile import MAX_FILE_BYTES
 
 LAMP = """\
 name: {name}
@@ -82,6 +90,16 @@ async def test_add_change_break_fix_remove_each_within_a_second(agent_factory: A
         took = await run.wait(lambda: run.agent.store.find("lamp") is None, what="removed")
         assert took < 1
         assert [m.name for m in run.agent.group] == ["HVAC"]
+
+
+async def test_a_huge_manifest_is_invalid_without_touching_the_others(agent_factory: Any) -> None:
+    async with agent_factory(("hvac",)) as run:
+        huge = LAMP.format(name="lamp") + "# padding\n" * (MAX_FILE_BYTES // 10 + 1)
+        write(run.store, "lamp", huge)
+        await run.wait(lambda: run.entry_status("lamp") == "invalid", what="invalid")
+        entry = run.agent.store.find("lamp")
+        assert f"file is larger than {MAX_FILE_BYTES // 1024} KiB" in entry.errors[0]
+        assert run.entry_status("HVAC") == "running"
 
 
 async def test_touching_scripts_or_the_manifest_does_not_restart(agent_factory: Any) -> None:
@@ -188,3 +206,122 @@ def test_permission_problem(tmp_path: Path) -> None:
         assert "owned by uid 12345" in (permission_problem(path, os.geteuid()) or "")
     else:
         pytest.skip("ownership by another user needs root to set up")
+
+
+# -- the programs a machine runs -------------------------------------------------------------------
+
+
+def script(path: Path, mode: int = 0o755) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("#!/bin/sh\nexit 0\n")
+    path.chmod(mode)
+    return path
+
+
+def test_static_program() -> None:
+    assert static_program('./check.sh --host {{ lookup "facts.fqdn" "x" }}') == "./check.sh"
+    assert static_program("'bin/my check' -v") == "bin/my check"
+    assert static_program('check_load -w {{ o "warn" 5 }}') == "check_load"  # nagios' functions
+    assert static_program('{{ lookup "data.tool" "./a.sh" }} -v') is None
+    assert static_program('./bin/{{ lookup "data.tool" "a.sh" }}') is None
+    assert static_program("") is None
+    assert static_program("'' x") is None
+
+
+def test_command_problem(tmp_path: Path) -> None:
+    uid = os.geteuid()
+    script(tmp_path / "check.sh")
+    script(tmp_path / "bin" / "run.sh")
+    assert command_problem(tmp_path, "./check.sh", uid) is None
+    assert command_problem(tmp_path, "bin/run.sh", uid) is None
+    (tmp_path / "check.sh").chmod(0o757)
+    found = command_problem(tmp_path, "./check.sh", uid)
+    assert found is not None and found[0] == tmp_path / "check.sh"
+    assert "writable by group or others (mode 0757)" in found[1]
+    # A directory leading to the program that others can write is as bad.
+    (tmp_path / "bin").chmod(0o777)
+    found = command_problem(tmp_path, "bin/run.sh", uid)
+    assert found is not None and found[0] == tmp_path / "bin"
+    # Bare names, absolute paths and missing files are not judged here.
+    assert command_problem(tmp_path, "check.sh", uid) is None
+    assert command_problem(tmp_path, str(tmp_path / "check.sh"), uid) is None
+    assert command_problem(tmp_path, "./missing.sh", uid) is None
+
+
+def test_executable_problem(tmp_path: Path) -> None:
+    uid = os.geteuid()
+    (tmp_path / "machine.yaml").write_text("name: x\n")
+    (tmp_path / "notes.txt").write_text("world-writable, but nothing runs it")
+    (tmp_path / "notes.txt").chmod(0o666)
+    script(tmp_path / "lib" / "deep" / "tool.sh")
+    assert executable_problem(tmp_path, uid) is None
+    script(tmp_path / "lib" / "deep" / "tool.sh", 0o775)
+    found = executable_problem(tmp_path, uid)
+    assert found is not None and found[0] == tmp_path / "lib" / "deep" / "tool.sh"
+    assert "(mode 0775)" in found[1]
+    script(tmp_path / "lib" / "deep" / "tool.sh")
+    (tmp_path / "lib").chmod(0o777)  # anyone could replace tool.sh
+    found = executable_problem(tmp_path, uid)
+    assert found is not None and found[0] == tmp_path / "lib"
+    (tmp_path / "lib").chmod(0o755)
+    # A link to a directory is not followed; a link to a file is judged by its target.
+    outside = tmp_path.parent / f"{tmp_path.name}-outside"
+    script(outside / "evil.sh", 0o777)
+    (tmp_path / "elsewhere").symlink_to(outside)
+    assert executable_problem(tmp_path, uid) is None
+    (tmp_path / "linked.sh").symlink_to(outside / "evil.sh")
+    found = executable_problem(tmp_path, uid)
+    assert found is not None and found[0] == tmp_path / "linked.sh"
+
+
+async def test_unsafe_programs_are_refused_until_fixed(agent_factory: Any) -> None:
+    async with agent_factory() as run:
+        text = LAMP.format(name="lamp").replace("/bin/true", "bin/check.sh --quiet")
+        directory = write(run.store, "lamp", text)
+        script(directory / "bin" / "check.sh", 0o777)
+        await run.wait(lambda: run.entry_status("lamp") == "refused", what="refused")
+        body = (await run.http.get("/api/v1/machines/lamp")).json()
+        assert body["status"] == "refused"
+        assert body["errors"] == [
+            f"watcher 'check' runs bin/check.sh: {directory / 'bin' / 'check.sh'} is writable by "
+            "group or others (mode 0777)"
+        ]
+        assert not list(run.agent.group)
+        # Still unsafe: refused again at every rescan without loading the manifest again.
+        entry = run.agent.store.find("lamp")
+        loaded_at = entry.loaded_at
+        run.agent.store.rescan()
+        await asyncio.sleep(0.2)
+        assert run.entry_status("lamp") == "refused"
+        assert entry.loaded_at == loaded_at
+        (directory / "bin" / "check.sh").chmod(0o755)
+        run.agent.store.rescan()
+        await run.wait(lambda: run.entry_status("lamp") == "running", what="accepted again")
+
+
+async def test_unsafe_executables_and_templated_programs(agent_factory: Any) -> None:
+    async with agent_factory() as run:
+        # The program is a template: it cannot be checked before it is rendered...
+        text = LAMP.format(name="lamp").replace(
+            "/bin/true", """'{{ lookup "data.tool" "./tools/check.sh" }}'"""
+        )
+        directory = write(run.store, "lamp", text)
+        await run.wait(lambda: run.entry_status("lamp") == "running", what="running")
+        # ...but every executable in the machine directory is, when the machine loads.
+        script(directory / "tools" / "check.sh", 0o777)
+        write(run.store, "lamp", text.replace("interval: 1m", "interval: 2m"))
+        await run.wait(lambda: run.entry_status("lamp") == "refused", what="refused")
+        entry = run.agent.store.find("lamp")
+        assert entry.errors == [
+            f"executable in the machine directory: {directory / 'tools' / 'check.sh'} is "
+            "writable by group or others (mode 0777)"
+        ]
+
+
+async def test_program_checks_are_off_with_the_permission_checks(agent_factory: Any) -> None:
+    async with agent_factory(check_permissions=False) as run:
+        directory = write(
+            run.store, "lamp", LAMP.format(name="lamp").replace("/bin/true", "./check.sh")
+        )
+        script(directory / "check.sh", 0o777)
+        await run.wait(lambda: run.entry_status("lamp") == "running")

@@ -753,12 +753,6 @@ async def test_tampered_and_replayed_specifications(tmp_path: Path) -> None:
 # -- what the store permission checks cover ----------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the store refuses a machine directory or machine.yaml writable by group/others, but "
-    "not the scripts it runs: a group- or world-writable ./check.sh in a safe directory is run "
-    "as the agent's user (root under the systemd unit)",
-)
 async def test_a_world_writable_command_in_the_store_is_refused(agent_factory: Any) -> None:
     async with agent_factory() as run:
         directory = write(

@@ -5,6 +5,12 @@ directory is started, a changed ``machine.yaml`` restarts its machine (new insta
 kept), a removed directory stops its machine (watchers stopped, commands killed). Changes are
 loaded once they have settled (no half-written files), a periodic rescan is the safety net, and a
 broken or unsafe manifest is reported for its own machine only and retried when it changes.
+
+Unsafe means writable by group or others, or owned by someone other than the agent's user or
+root: the machine directory, its ``machine.yaml``, the programs its ``exec``, ``nagios`` and
+``metric`` watchers name by a relative path (and the directories leading to them inside the
+machine directory), and every executable file in the machine directory's tree. All are checked
+when a machine loads; anyone who can change one of them can run commands as the agent.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,8 +33,15 @@ from machinery.core.clock import TimerHandle
 from machinery.core.inotify import Subscription
 from machinery.core.machine import Machine, MachineStatus
 from machinery.core.node import Node
+from machinery.lang.cmdline import split_command
+from machinery.lang.template import TemplateError
 from machinery.spec.diagnostics import Diagnostic
-from machinery.spec.validate import MANIFEST_NAME, Manifest, check_manifest_text
+from machinery.spec.validate import (
+    MANIFEST_NAME,
+    Manifest,
+    check_manifest_text,
+    read_manifest_bytes,
+)
 from machinery.watchers.registry import WatcherRegistry
 
 __all__ = ["EntryStatus", "MachineEntry", "StoreManager", "eligible_name", "permission_problem"]
@@ -60,6 +73,112 @@ def permission_problem(path: Path, uid: int) -> str | None:
         st = path.stat()
     except OSError as exc:
         return f"cannot check {path}: {exc.strerror}"
+    return _stat_problem(str(path), st, uid)
+
+
+class _AnyName(Collection[str]):
+    """Every function name: command lines are split here only to find their first word."""
+
+    def __contains__(self, name: object) -> bool:
+        return True
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
+_ANY_FUNCTION = _AnyName()
+
+# Watcher types that run a program, and the property holding the command line.
+COMMAND_PROPERTIES = {"exec": "command", "metric": "command", "nagios": "plugin"}
+
+
+def static_program(command: str) -> str | None:
+    """The program (first word) of a watcher's command line, or None when there is none or it
+    is a template (what it runs is known only once rendered)."""
+    try:
+        words = split_command(command, _ANY_FUNCTION)
+    except TemplateError:
+        return None
+    if not words or not words[0].template.is_static:
+        return None
+    return words[0].template.source or None
+
+
+def command_problem(directory: Path, program: str, uid: int) -> tuple[Path, str] | None:
+    """Whether ``program`` (a command's first word), if a relative path with a ``/`` (so inside
+    ``directory``: see :func:`machinery.core.process.resolve_program`), is unsafe to run: the
+    file or a directory leading to it inside ``directory`` fails :func:`permission_problem`.
+    Returns the path at fault and why, or None: safe, missing, a bare name or absolute."""
+    if "/" not in program or os.path.isabs(program):
+        return None
+    path = directory / program
+    if not os.path.exists(path):
+        return None  # the watcher reports "command not found" when it runs
+    problem = permission_problem(path, uid)
+    if problem is not None:
+        return path, problem
+    parts = os.path.normpath(program).split(os.sep)[:-1]
+    if parts and parts[0] == "..":
+        return None  # outside the machine directory: only the file itself is ours to judge
+    folder = directory
+    for part in parts:
+        folder = folder / part
+        problem = permission_problem(folder, uid)
+        if problem is not None:
+            return folder, problem
+    return None
+
+
+def executable_problem(directory: Path, uid: int) -> tuple[Path, str] | None:
+    """The first executable file in ``directory``'s tree (symbolic links to files followed, to
+    directories not) that fails :func:`permission_problem`, or whose directory inside
+    ``directory`` does, and why; None when there is none. One stat per file."""
+    top = str(directory)
+    checked: dict[str, tuple[Path, str] | None] = {top: None}
+
+    def folder_problem(folder: str) -> tuple[Path, str] | None:
+        # The directories below ``directory`` (checked by the caller) down to ``folder``.
+        if folder not in checked:
+            found = folder_problem(os.path.dirname(folder))
+            if found is None:
+                problem = permission_problem(Path(folder), uid)
+                found = None if problem is None else (Path(folder), problem)
+            checked[folder] = found
+        return checked[folder]
+
+    pending = [top]
+    while pending:
+        folder = pending.pop()
+        try:
+            with os.scandir(folder) as listing:
+                entries = list(listing)
+        except OSError:
+            continue  # vanished, or unreadable: nothing in it can be run by name either
+        for entry in entries:
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append(entry.path)
+                    continue
+                if folder == top and entry.name == MANIFEST_NAME:
+                    continue  # checked on its own
+                info = entry.stat()
+            except OSError:
+                continue  # gone, or a dangling link
+            if not stat.S_ISREG(info.st_mode) or not info.st_mode & 0o111:
+                continue
+            problem = _stat_problem(entry.path, info, uid)
+            if problem is not None:
+                return Path(entry.path), problem
+            at_fault = folder_problem(folder)
+            if at_fault is not None:
+                return at_fault
+    return None
+
+
+def _stat_problem(path: str, st: os.stat_result, uid: int) -> str | None:
     if st.st_uid not in (uid, 0):
         return f"{path} is owned by uid {st.st_uid}, not by the agent's user ({uid}) or root"
     if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
@@ -93,6 +212,9 @@ class MachineEntry:
     diagnostics: list[Diagnostic] = field(default_factory=list)
     problem: str | None = None
     refused: bool = False
+    # The command or executable that made the last load refuse the machine, and how the refusal
+    # read: looked at again first, so a machine still refused costs no parse.
+    unsafe_file: tuple[Path, str] | None = None
     loaded_at: float = 0.0
     subscription: Subscription | None = None
 
@@ -376,7 +498,7 @@ class StoreManager:
         if 0 <= time.time() - st.st_mtime < self.settle_delay:
             self._settle(directory)  # still being written: look again once it settles
             return
-        refusal = self._refusal(directory) if self.check_permissions else None
+        refusal = self._refusal(entry, stamp) if self.check_permissions else None
         if refusal is not None:
             if entry.machine is not None:
                 await self._stop(entry, "its permissions became unsafe")
@@ -390,7 +512,7 @@ class StoreManager:
             return
         entry.stamp = stamp
         try:
-            raw = entry.manifest_path.read_bytes()
+            raw = read_manifest_bytes(entry.manifest_path)  # a huge file: refused, not held
         except OSError as exc:
             entry.problem = f"{entry.manifest_path}: cannot read: {exc.strerror}"
             return
@@ -408,16 +530,48 @@ class StoreManager:
         entry.sha256 = sha
         await self._load(entry, raw, sha)
 
-    def _refusal(self, directory: Path) -> str | None:
+    def _refusal(self, entry: MachineEntry, stamp: Stamp | None) -> str | None:
+        directory = entry.directory
         for path in (directory, directory / MANIFEST_NAME):
             problem = permission_problem(path, self._uid)
             if problem is not None and not (path.name == MANIFEST_NAME and not path.exists()):
                 return problem
+        if entry.unsafe_file is not None:
+            # Refused for a program last time: while the manifest is the same and that program
+            # still unsafe, the answer is known without loading the manifest again.
+            path, context = entry.unsafe_file
+            if stamp == entry.stamp and os.path.lexists(path):
+                problem = permission_problem(path, self._uid)
+                if problem is not None:
+                    return context + problem
+            entry.unsafe_file = None
+        return None
+
+    def _command_refusal(self, manifest: Manifest) -> tuple[Path, str, str] | None:
+        """The first program or executable of a checked manifest that is unsafe to run (see
+        the module docstring): the path at fault, what to say before its problem, and the
+        problem."""
+        directory = manifest.directory
+        for watcher, properties in zip(manifest.spec.watchers, manifest.properties, strict=False):
+            key = COMMAND_PROPERTIES.get(watcher.type)
+            command = getattr(properties, key, "") if key else ""
+            # The cheap common cases first: no command, a bare name, an absolute path.
+            if not isinstance(command, str) or "/" not in command or command.lstrip()[:1] == "/":
+                continue
+            program = static_program(command)
+            if program is None:
+                continue  # a template: what it runs is known only once rendered
+            found = command_problem(directory, program, self._uid)
+            if found is not None:
+                return found[0], f"watcher {watcher.name!r} runs {program}: ", found[1]
+        found = executable_problem(directory, self._uid)
+        if found is not None:
+            return found[0], "executable in the machine directory: ", found[1]
         return None
 
     async def _load(self, entry: MachineEntry, raw: bytes, sha: str) -> None:
         log.info("Attempting to load Autonomous Agent from %s", entry.directory)
-        entry.problem = None
+        entry.problem = entry.unsafe_file = None
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
@@ -440,6 +594,15 @@ class StoreManager:
             return
         for diagnostic in diagnostics:
             log.warning("  %s", diagnostic)
+        if self.check_permissions:
+            unsafe = self._command_refusal(manifest)
+            if unsafe is not None:
+                path, context, problem = unsafe
+                refusal = context + problem
+                log.error("refusing machine in %s: %s", entry.directory, refusal)
+                entry.refused, entry.problem, entry.sha256 = True, refusal, None
+                entry.unsafe_file = path, context
+                return
         clash = self._by_name.get(manifest.name)
         if clash is not None and clash is not entry and clash.machine is not None:
             self.load_errors += 1
