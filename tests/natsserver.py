@@ -33,9 +33,16 @@ class NatsServer:
     """One nats-server with JetStream, on 127.0.0.1; can be stopped and started again on the
     same port and store (a broker restart)."""
 
-    def __init__(self, directory: Path, *, name: str = "n1", port: int | None = None,
-                 cluster_port: int | None = None, routes: list[int] | None = None,
-                 extra_args: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        name: str = "n1",
+        port: int | None = None,
+        cluster_port: int | None = None,
+        routes: list[int] | None = None,
+        extra_args: list[str] | None = None,
+    ) -> None:
         self.directory = directory
         self.name = name
         self.port = port or free_port()
@@ -50,8 +57,19 @@ class NatsServer:
         return f"nats://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 15) -> NatsServer:
-        args = [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd",
-                str(self.directory / "js"), "-n", self.name, *self.extra_args]
+        args = [
+            nats_server_binary(),
+            "-a",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-js",
+            "-sd",
+            str(self.directory / "js"),
+            "-n",
+            self.name,
+            *self.extra_args,
+        ]
         if self.cluster_port is not None:
             routes = ",".join(f"nats://127.0.0.1:{p}" for p in self.routes)
             args += ["--cluster_name", "test", "--cluster", f"nats://127.0.0.1:{self.cluster_port}"]
@@ -61,7 +79,10 @@ class NatsServer:
             self.process = subprocess.Popen(args, stdout=log, stderr=log, start_new_session=True)
         deadline = time.monotonic() + timeout
         while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2):
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), 0.2),
+            ):
                 return self
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError((self.directory / "server.log").read_text()[-2000:])
@@ -89,8 +110,14 @@ def cluster(directory: Path, size: int = 3) -> list[NatsServer]:
     servers = []
     for i in range(size):
         others = [p for j, p in enumerate(cluster_ports) if j != i]
-        servers.append(NatsServer(directory / f"n{i + 1}", name=f"n{i + 1}", cluster_port=cluster_ports[i],
-                                  routes=others))
+        servers.append(
+            NatsServer(
+                directory / f"n{i + 1}",
+                name=f"n{i + 1}",
+                cluster_port=cluster_ports[i],
+                routes=others,
+            )
+        )
     return servers
 
 

@@ -326,9 +326,7 @@ async def test_request_bodies_are_bounded(agent_factory: Any) -> None:
         await run.http.post("/api/v1/kv/CFG")
         declared = await run.http.put("/api/v1/kv/CFG/big", content=b"x" * (MAX_BODY_BYTES + 1))
         assert declared.status_code == 413
-        assert declared.json() == {
-            "error": f"request bodies are limited to {MAX_BODY_BYTES} bytes"
-        }
+        assert declared.json() == {"error": f"request bodies are limited to {MAX_BODY_BYTES} bytes"}
 
         def chunks() -> Any:  # no Content-Length: counted as it arrives
             for _ in range(3):

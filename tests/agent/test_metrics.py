@@ -19,7 +19,9 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return found
 
 
-def value(found: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float:
+def value(
+    found: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str
+) -> float:
     return found.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
@@ -27,7 +29,11 @@ async def test_metrics_match_the_events_of_a_scripted_run(agent_factory: Any) ->
     async with agent_factory() as run:
         write(run.store, "lamp", LAMP.format(name="lamp").replace("/bin/true", "/bin/false"))
         write(run.store, "broken", "name: broken\n")
-        await run.wait(lambda: run.entry_status("lamp") == "running" and run.entry_status("broken") == "invalid")
+        await run.wait(
+            lambda: (
+                run.entry_status("lamp") == "running" and run.entry_status("broken") == "invalid"
+            )
+        )
         events: list[dict[str, Any]] = []
 
         async def listen() -> None:
@@ -41,7 +47,9 @@ async def test_metrics_match_the_events_of_a_scripted_run(agent_factory: Any) ->
         for event in ("switch_on", "switch_off", "switch_on", "switch_off"):
             await run.http.post("/api/v1/machines/lamp/transition", json={"transition": event})
         machine = run.agent.store.find("lamp").machine
-        await run.wait(lambda: machine.watchers[0].status.runs >= 2 and len(events) >= 6, what="runs")
+        await run.wait(
+            lambda: machine.watchers[0].status.runs >= 2 and len(events) >= 6, what="runs"
+        )
         response = await run.http.get("/metrics")
         listener.cancel()
         assert response.headers["content-type"].startswith("text/plain")
@@ -51,19 +59,53 @@ async def test_metrics_match_the_events_of_a_scripted_run(agent_factory: Any) ->
     assert len(transitions) == 4
     for t in transitions:
         data = t["data"]
-        assert value(found, "machinery_transitions_total", machine="lamp", transition=data["transition"],
-                     from_state=data["from_state"], to_state=data["to_state"]) == 2
+        assert (
+            value(
+                found,
+                "machinery_transitions_total",
+                machine="lamp",
+                transition=data["transition"],
+                from_state=data["from_state"],
+                to_state=data["to_state"],
+            )
+            == 2
+        )
     exec_states = [e for e in events if e["type"] == "io.choria.machine.watcher.exec.v1.state"]
-    errors = value(found, "machinery_watcher_runs_total", machine="lamp", watcher="check", type="exec", outcome="error")
+    errors = value(
+        found,
+        "machinery_watcher_runs_total",
+        machine="lamp",
+        watcher="check",
+        type="exec",
+        outcome="error",
+    )
     assert errors == len(exec_states) >= 2  # /bin/false: every run an error, every error published
-    assert value(found, "machinery_watcher_run_duration_seconds_count", machine="lamp", watcher="check", type="exec") == errors
-    assert value(found, "machinery_machine_state", machine="lamp", version="1.0.0", state="off") == 1
+    assert (
+        value(
+            found,
+            "machinery_watcher_run_duration_seconds_count",
+            machine="lamp",
+            watcher="check",
+            type="exec",
+        )
+        == errors
+    )
+    assert (
+        value(found, "machinery_machine_state", machine="lamp", version="1.0.0", state="off") == 1
+    )
     assert value(found, "machinery_machines", status="running") == 1
     assert value(found, "machinery_machines", status="invalid") == 1
     assert value(found, "machinery_machine_load_errors_total") == 1
     assert value(found, "machinery_events_total", type="io.choria.machine.v1.transition") == 4
     assert value(found, "machinery_nats_connected") == 0
-    assert value(found, "machinery_build_info", version=__import__("machinery").__version__,
-                 python=__import__("platform").python_version()) == 1
+    assert (
+        value(
+            found,
+            "machinery_build_info",
+            version=__import__("machinery").__version__,
+            python=__import__("platform").python_version(),
+        )
+        == 1
+    )
     assert value(found, "process_open_fds") > 0
     assert all(name.startswith(("machinery_", "process_")) for name, _ in found)

@@ -325,11 +325,13 @@ async def test_a_fleet_of_five_agents_on_a_three_server_cluster(
         for agent in agents:
             await asyncio.to_thread(
                 agent.wait,
-                lambda agent=agent: all(
-                    (agent.machine(name) or {}).get("status") == "running"
-                    for name in ("fleet", "worker")
-                )
-                and agent.get("/api/v1/agent")["nats"]["state"] == "connected",
+                lambda agent=agent: (
+                    all(
+                        (agent.machine(name) or {}).get("status") == "running"
+                        for name in ("fleet", "worker")
+                    )
+                    and agent.get("/api/v1/agent")["nats"]["state"] == "connected"
+                ),
                 30,
                 "machines running and the broker connected",
             )
@@ -403,10 +405,9 @@ async def test_a_fleet_of_five_agents_on_a_three_server_cluster(
                 for agent in agents:
                     await asyncio.to_thread(
                         agent.wait,
-                        lambda agent=agent, state=state: (agent.machine("fleet") or {}).get(
-                            "state"
-                        )
-                        == state,
+                        lambda agent=agent, state=state: (
+                            (agent.machine("fleet") or {}).get("state") == state
+                        ),
                         30,
                         f"fleet in {state} after the server died",
                     )

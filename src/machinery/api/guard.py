@@ -49,6 +49,7 @@ def token_refusal(agent: Agent, authorization: str | None) -> HTTPException | No
 
 def token_dependency(agent: Agent) -> Callable[..., None]:
     """The ``require_token`` dependency of the state-changing routes."""
+
     def require_token(authorization: Annotated[str | None, Header()] = None) -> None:
         refusal = token_refusal(agent, authorization)
         if refusal is not None:
