@@ -25,8 +25,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
-
 from tests.e2e.agent_process import AgentProcess
 from tests.e2e.test_crash_safety import FLIPPER, STEP, check_consistency
 from tests.faults.servers import AppArchive, ArchiveServer, make_app_archive, tree_digest
