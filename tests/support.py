@@ -23,6 +23,9 @@ from machinery.core.notifications import (
 )
 from machinery.watchers.registry import default_registry, load_manifest
 
+# Choria's public example manifests and fixtures (see its README), used as test data.
+CORPUS = Path(__file__).resolve().parent / "choria_corpus"
+
 
 class Recorder:
     """A notifier that keeps every event."""

@@ -8,7 +8,6 @@ import re
 import stat
 from pathlib import Path
 
-import pytest
 from typer.testing import CliRunner
 
 from machinery.cli.plugins import app
@@ -19,13 +18,13 @@ from machinery.core.signing import (
     parse_public_key,
     verify,
 )
+from tests.support import CORPUS
 
 runner = CliRunner()
 KEY = keypair_from_seed(bytes(range(32)))
 OTHER = keypair_from_seed(bytes(range(1, 33)))
 SUM_A = "a" * 64
 SUM_B = "b" * 64
-CORPUS = Path(__file__).resolve().parents[3] / "shared" / "reference" / "choria-corpus"
 
 
 def invoke(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
@@ -180,7 +179,6 @@ def test_pack_refuses_invalid_or_empty_lists_and_warns_without_a_key(tmp_path: P
     assert invoke("pack", str(tmp_path / "missing.json"), KEY.seed_hex)[0] == 1
 
 
-@pytest.mark.skipif(not CORPUS.is_dir(), reason="corpus not available")
 def test_pack_reproduces_choria_readme_example(tmp_path: Path) -> None:
     example = (CORPUS / "fragments" / "readme-machines-watcher-pack-example.txt").read_text()
     array = example.split("$ cat machines.json\n", 1)[1].split("$ go run", 1)[0]

@@ -30,8 +30,9 @@ from machinery.core.extract import (
     sha256_file,
     verify_sums,
 )
+from tests.support import CORPUS
 
-FIXTURES = Path("/work/shared/reference/choria-corpus/fixtures/archive-watcher")
+FIXTURES = CORPUS / "fixtures/archive-watcher"
 TEST_CONTENT_SHA = "6ae8a75555209fd6c44157c0aed8016e763ff435a19cf186f76863140143ff72"
 KIB = 1024
 MIB = 1024 * 1024

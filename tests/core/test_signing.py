@@ -27,10 +27,9 @@ from machinery.core.signing import (
     specification_kind,
     verify,
 )
+from tests.support import CORPUS
 
-FRAGMENTS = (
-    Path(__file__).resolve().parents[3] / "shared" / "reference" / "choria-corpus" / "fragments"
-)
+FRAGMENTS = CORPUS / "fragments"
 PAYLOAD = b'[{"name": "facts", "source": "https://example.net/facts.tgz"}]\n'
 
 

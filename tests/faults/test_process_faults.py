@@ -103,7 +103,8 @@ async def test_stopping_a_run_kills_the_group_and_reaps_it(tmp_path: Path) -> No
     # The cancellation returns only once the group has been signalled and the leader reaped.
     assert not alive(leader)
     await all_dead(found)
-    assert process_group_members(leader) == []
+    # The leader's own `sleep 60` too: SIGKILLed with the group, gone once the kernel is done.
+    await wait_until(lambda: process_group_members(leader) == [], 5.0, what="the group gone")
     assert zombies_of() == []
     print(f"stop: leader and grandchild {found} killed as a group (no timeout: None)")
 

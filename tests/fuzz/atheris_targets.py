@@ -158,13 +158,14 @@ TARGETS: dict[str, Callable[[], Callable[[bytes], None]]] = {
 }
 
 _ROOT = Path(__file__).resolve().parents[2]
-_CORPUS = Path("/work/shared/reference/choria-corpus")
+# tests.support.CORPUS, without importing (uninstrumented) machinery through tests.support.
+_CORPUS = _ROOT / "tests" / "choria_corpus"
 
 
 def seeds(target: str) -> list[bytes]:
     """Starting inputs for ``target``: real manifests, and strings taken from them."""
     manifests = sorted((_ROOT / "examples").glob("*/machine.yaml"))
-    manifests += sorted(_CORPUS.glob("*/machine.yaml")) if _CORPUS.exists() else []
+    manifests += sorted(_CORPUS.glob("*/machine.yaml"))
     texts = [p.read_bytes() for p in manifests]
     if target == "manifest":
         return texts

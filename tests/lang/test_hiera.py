@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from machinery.lang.hiera import HieraError, resolve, resolve_json
+from tests.support import CORPUS as CHORIA_CORPUS
 
-CORPUS = Path("/work/shared/reference/choria-corpus/fragments/docs-kv-tiny-hiera.json")
+CORPUS = CHORIA_CORPUS / "fragments/docs-kv-tiny-hiera.json"
 
 DOCUMENT: dict[str, Any] = {
     "hierarchy": {

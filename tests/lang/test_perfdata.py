@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from machinery.lang.perfdata import MAX_ITEMS, PerfData, parse_perfdata, split_output
 from machinery.lang.template import parse_template
+from tests.support import CORPUS as CHORIA_CORPUS
 
-CORPUS = Path("/work/shared/reference/choria-corpus/fragments")
+CORPUS = CHORIA_CORPUS / "fragments"
 
 
 def test_the_documented_puppet_check_output() -> None:

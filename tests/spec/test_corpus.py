@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 
 from machinery.watchers.registry import check_manifest, default_registry
+from tests.support import CORPUS
 
-CORPUS = Path(__file__).resolve().parents[3] / "shared" / "reference" / "choria-corpus"
 UNKNOWN_TYPE = re.compile(r"^unknown watcher type '([a-z_]+)'")
-
-pytestmark = pytest.mark.skipif(not CORPUS.is_dir(), reason=f"corpus not found at {CORPUS}")
 
 
 def corpus_manifests() -> list[str]:

@@ -29,11 +29,12 @@ from machinery.core.kv import KVStore
 from machinery.core.machine import Machine
 from machinery.nats.connection import BrokerConnection
 from machinery.nats.kv import NatsKV
+from machinery.spec.yamlfile import load_yaml
 from machinery.watchers.kv import KVWatcher, json_equal, parse_value
 from machinery.watchers.registry import check_manifest
 from tests.agent.conftest import agent_factory  # noqa: F401  (the fixture, for this module)
 from tests.natsserver import NatsServer
-from tests.support import Recorder, make_machine, running, wait_until, write_machine
+from tests.support import CORPUS, Recorder, make_machine, running, wait_until, write_machine
 
 
 @pytest.fixture(autouse=True)
@@ -779,10 +780,8 @@ def test_bucket_is_required_and_validated(tmp_path: Path) -> None:
 )
 def test_corpus_kv_watchers_are_valid(tmp_path: Path, name: str) -> None:
     # Only the kv watchers of Choria's manifests: the machines/plugins types are tested elsewhere.
-    from ruamel.yaml import YAML
-
-    text = Path(f"/work/shared/reference/choria-corpus/{name}/machine.yaml").read_text()
-    document = YAML(typ="safe").load(text)
+    path = CORPUS / name / "machine.yaml"
+    document = load_yaml(path.read_text(), str(path)).data
     document["watchers"] = [w for w in document["watchers"] if w["type"] == "kv"]
     assert len(document["watchers"]) == 2
     path = tmp_path / "machine.yaml"

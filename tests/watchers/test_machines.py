@@ -18,7 +18,15 @@ from machinery.watchers.archive import ArchiveProperties
 from machinery.watchers.machines import MachinesWatcher
 from machinery.watchers.manager import ManagerWatcher, node_matches
 from machinery.watchers.registry import check_manifest, load_manifest
-from tests.support import Recorder, make_machine, make_node, running, wait_until, write_machine
+from tests.support import (
+    CORPUS,
+    Recorder,
+    make_machine,
+    make_node,
+    running,
+    wait_until,
+    write_machine,
+)
 
 KEY = keypair_from_seed(bytes(range(32)))
 OTHER_KEY = keypair_from_seed(bytes(range(1, 33)))
@@ -715,7 +723,7 @@ def test_the_class_declares_choria_names_and_rules() -> None:
 
 
 def test_choria_machines_manager_example_only_lacks_kv(store: Path) -> None:
-    corpus = Path(__file__).resolve().parents[3] / "shared" / "reference" / "choria-corpus"
+    corpus = CORPUS
     if not corpus.is_dir():
         pytest.skip("corpus not available")
     _, diagnostics = check_manifest(corpus / "machines-manager")

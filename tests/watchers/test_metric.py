@@ -18,9 +18,16 @@ from machinery.core.machine import Machine
 from machinery.watchers.metric import MetricRegistry, MetricWatcher, parse_metric_output
 from machinery.watchers.registry import check_manifest
 from machinery.watchers.textfile import MetricTextfile
-from tests.support import Recorder, make_machine, make_node, running, wait_until, write_machine
+from tests.support import (
+    CORPUS,
+    Recorder,
+    make_machine,
+    make_node,
+    running,
+    wait_until,
+    write_machine,
+)
 
-CORPUS = Path("/work/shared/reference/choria-corpus")
 CHORIA_OUTPUT = (CORPUS / "fragments" / "docs-metric-choria-format-output.json").read_text()
 NAGIOS_OUTPUT = (CORPUS / "fragments" / "docs-metric-nagios-perfdata-output.txt").read_text()
 PROM = "choria_machine_metrics_watcher_status.prom"

@@ -17,9 +17,16 @@ from machinery.core.machine import Machine
 from machinery.watchers.nagios import NagiosWatcher, gjson_string, go_html_escape
 from machinery.watchers.registry import check_manifest
 from machinery.watchers.textfile import NagiosTextfile
-from tests.support import Recorder, make_machine, make_node, running, wait_until, write_machine
+from tests.support import (
+    CORPUS,
+    Recorder,
+    make_machine,
+    make_node,
+    running,
+    wait_until,
+    write_machine,
+)
 
-CORPUS = Path("/work/shared/reference/choria-corpus")
 PROM = "choria_machine_nagios_watcher_status.prom"
 START = 1_767_225_600.0  # FakeClock's default start, 2026-01-01T00:00:00Z
 

@@ -15,7 +15,7 @@ from machinery.spec.validate import check_manifest_text
 from machinery.watchers.archive import ArchiveProperties
 from machinery.watchers.plugins import PluginsProperties, PluginsWatcher
 from machinery.watchers.registry import check_manifest, default_registry, load_manifest
-from tests.support import Recorder, running, write_machine
+from tests.support import CORPUS, Recorder, running, write_machine
 from tests.watchers.test_machines import (
     OTHER_KEY,
     SUM_C,
@@ -28,8 +28,6 @@ from tests.watchers.test_machines import (
     the_watcher,
     tree,
 )
-
-CORPUS = Path(__file__).resolve().parents[3] / "shared" / "reference" / "choria-corpus"
 
 
 def plugins_spec(entries: list[dict[str, Any]], **kwargs: Any) -> dict[str, str]:
@@ -271,7 +269,6 @@ def test_machine_manage_interval_is_accepted_and_ignored_with_a_warning(store: P
     ]
 
 
-@pytest.mark.skipif(not CORPUS.is_dir(), reason="corpus not available")
 def test_the_builtin_plugins_manager_properties_are_accepted() -> None:
     """Choria's built-in plugins_manager (spec 1.10), its kv watchers left out when machinery
     has no kv watcher yet."""

@@ -20,7 +20,7 @@ from machinery.watchers.schedule import (
     parse_schedule,
     resolve_zone,
 )
-from tests.support import Recorder, make_machine, make_node, running, write_machine
+from tests.support import CORPUS, Recorder, make_machine, make_node, running, write_machine
 
 # 2026-01-01T00:00:00Z was a Thursday; the 3rd a Saturday.
 THURSDAY = 1_767_225_600.0
@@ -628,7 +628,7 @@ async def test_interval_is_ignored_with_a_warning(tmp_path: Path) -> None:
 
 
 def test_corpus_fragment_as_a_full_manifest(tmp_path: Path) -> None:
-    corpus = Path("/work/shared/reference/choria-corpus/fragments/docs-schedule-watcher.yaml")
+    corpus = CORPUS / "fragments/docs-schedule-watcher.yaml"
     if not corpus.exists():
         pytest.skip("the Choria corpus is not available")
     fragment = textwrap.indent(textwrap.dedent(corpus.read_text()), "  ")

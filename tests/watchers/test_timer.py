@@ -13,7 +13,7 @@ from machinery.core.clock import FakeClock
 from machinery.core.machine import Machine
 from machinery.watchers.registry import check_manifest
 from machinery.watchers.timer import SUCCESS_REFUSED, TimerWatcher
-from tests.support import Recorder, make_machine, running, write_machine
+from tests.support import CORPUS, Recorder, make_machine, running, write_machine
 
 HOUR = 3600.0
 
@@ -253,7 +253,7 @@ def test_success_transition_is_refused(tmp_path: Path) -> None:
 
 
 def test_corpus_fragment_uses_success_transition_and_is_refused(tmp_path: Path) -> None:
-    corpus = Path("/work/shared/reference/choria-corpus/fragments/docs-timer-watcher.yaml")
+    corpus = CORPUS / "fragments/docs-timer-watcher.yaml"
     if not corpus.exists():
         pytest.skip("the Choria corpus is not available")
     fragment = textwrap.indent(textwrap.dedent(corpus.read_text()), "  ")
