@@ -629,8 +629,6 @@ async def test_interval_is_ignored_with_a_warning(tmp_path: Path) -> None:
 
 def test_corpus_fragment_as_a_full_manifest(tmp_path: Path) -> None:
     corpus = CORPUS / "fragments/docs-schedule-watcher.yaml"
-    if not corpus.exists():
-        pytest.skip("the Choria corpus is not available")
     fragment = textwrap.indent(textwrap.dedent(corpus.read_text()), "  ")
     manifest = (
         "name: scheduled\nversion: 1.0.0\ninitial_state: switched_off\n"

@@ -254,8 +254,6 @@ def test_success_transition_is_refused(tmp_path: Path) -> None:
 
 def test_corpus_fragment_uses_success_transition_and_is_refused(tmp_path: Path) -> None:
     corpus = CORPUS / "fragments/docs-timer-watcher.yaml"
-    if not corpus.exists():
-        pytest.skip("the Choria corpus is not available")
     fragment = textwrap.indent(textwrap.dedent(corpus.read_text()), "  ")
     manifest = (
         "name: override\nversion: 1.0.0\ninitial_state: normal\n"
