@@ -202,7 +202,6 @@ def test_specification_kind_and_files(tmp_path: Path) -> None:
         read_specification_file(tmp_path / "missing.json")
 
 
-@pytest.mark.skipif(not FRAGMENTS.is_dir(), reason="corpus not available")
 def test_the_choria_readme_pack_example_verifies() -> None:
     """Choria's README packs machines.json with a Go private key and publishes the public key in
     the example manifest: our verification accepts that exact document, and our signing with

@@ -30,7 +30,6 @@ from hypothesis import strategies as st
 from machinery.core.clock import FakeClock
 from machinery.core.extract import ExtractError, extract_tar_gz
 from machinery.core.signing import SpecKind, keypair_from_seed, pack_specification
-from machinery.watchers.registry import default_registry
 from tests.agent.test_store import LAMP, write
 from tests.e2e.agent_process import AgentProcess
 from tests.faults.procinfo import rss_kib
@@ -227,7 +226,6 @@ watchers:
 """
 
 
-@pytest.mark.skipif("kv" not in default_registry(), reason="no kv watcher in this build")
 async def test_kv_values_stay_one_argument(agent_factory: Any) -> None:
     async with agent_factory(check_permissions=False) as run:
         kv = run.agent.node.service("kv")
@@ -692,7 +690,6 @@ def signed(names: list[str]) -> dict[str, str]:
     return pack_specification(SpecKind.MACHINES, json.dumps(entries).encode(), KEY)
 
 
-@pytest.mark.skipif("machines" not in default_registry(), reason="no machines watcher")
 async def test_tampered_and_replayed_specifications(tmp_path: Path) -> None:
     store = tmp_path / "store"
     directory = write_machine(store / "manager", MANAGER.format(key=KEY.public_hex))
