@@ -9,6 +9,7 @@ from pathlib import Path
 
 from machinery.core.clock import FakeClock, SystemClock
 from machinery.core.inotify import FileMonitor
+from machinery.watchers.file import CREATE_SETTLE
 from tests.support import Recorder, make_machine, running, wait_until, write_machine
 
 MACHINE = """\
@@ -140,6 +141,43 @@ async def test_inotify_reacts_without_waiting_for_the_interval(tmp_path: Path) -
             )
             os.replace(_write(tmp_path / "staged", "z"), directory / "data.txt")
             await wait_until(lambda: outcomes(recorder)[-1:] == ["changed"], timeout=2)
+    finally:
+        monitor.close()
+
+
+async def test_a_new_file_is_looked_at_when_written_not_when_it_appears(tmp_path: Path) -> None:
+    # A writer's new file appears empty (IN_CREATE) before it is written: a check then would see
+    # a half-written file (an empty hvac.json, say). It is looked at on IN_CLOSE_WRITE; a file
+    # created whole without a close (a hard link) once CREATE_SETTLE has passed.
+    directory = machine_dir(tmp_path, "path: data.txt", interval="5s")
+    monitor = FileMonitor()
+    clock = FakeClock()
+    recorder = Recorder()
+    machine = make_machine(directory, clock=clock, recorder=recorder, file_monitor=monitor)
+    try:
+        async with running(machine):
+            watcher = machine.watchers[0]
+            await clock.advance(5)
+            assert outcomes(recorder) == ["error", "error"]  # missing
+            await wait_until(lambda: watcher._subscription is not None, what="subscribed")
+            with open(directory / "data.txt", "w") as handle:
+                await wait_until(lambda: watcher._settling is not None, what="IN_CREATE seen")
+                await clock.advance(0)
+                assert outcomes(recorder) == ["error", "error"]  # not looked at while empty
+                handle.write('{"target": 21}\n')
+            await wait_until(lambda: outcomes(recorder)[-1:] == ["changed"], what="on close")
+            assert watcher._settling is None
+            assert len(outcomes(recorder)) == 3
+
+            os.unlink(directory / "data.txt")
+            await wait_until(lambda: outcomes(recorder)[-1:] == ["error"], what="removed")
+            seen = len(outcomes(recorder))
+            os.link(_write(tmp_path / "elsewhere", "x"), directory / "data.txt")
+            await wait_until(lambda: watcher._settling is not None, what="IN_CREATE of the link")
+            await clock.advance(CREATE_SETTLE - 0.01)
+            assert len(outcomes(recorder)) == seen
+            await clock.advance(0.01)
+            await wait_until(lambda: outcomes(recorder)[-1:] == ["changed"], what="settled")
     finally:
         monitor.close()
 

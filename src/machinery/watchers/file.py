@@ -4,7 +4,7 @@ Without ``contents`` it reports ``changed`` when the file's modification time mo
 ``error`` when the file is missing. With ``contents`` it manages the file: rewrites it (atomically,
 with the given mode, owner and group) whenever it is missing or differs, and reports ``changed``.
 Checks run on inotify events within milliseconds, on every interval (a safety net) and on every
-state change.
+state change. A new file is looked at once its writer closes it, not when it appears empty.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from typing import Any
 from pydantic import Field
 
 from machinery.core.atomic import atomic_write
-from machinery.core.inotify import Subscription
+from machinery.core.clock import TimerHandle
+from machinery.core.inotify import IN_CREATE, Subscription
 from machinery.core.wakeup import FILE_EVENT
 from machinery.lang.template import TemplateError
 from machinery.spec.kinds import Problem
@@ -29,7 +30,12 @@ from machinery.spec.models import MachineSpec, WatcherProperties, WatcherSpec
 from machinery.spec.types import TemplateText, compile_template
 from machinery.watchers.base import PolledWatcher
 
-__all__ = ["FileProperties", "FileWatcher", "parse_mode"]
+__all__ = ["CREATE_SETTLE", "FileProperties", "FileWatcher", "parse_mode"]
+
+# Seconds a file that appeared without being written (a hard link, mknod) waits to be looked at.
+# A writer's file appears empty (IN_CREATE) and is looked at when it is closed (IN_CLOSE_WRITE),
+# so a check never sees it half written; this delay only matters when no close follows.
+CREATE_SETTLE = 1.0
 
 
 class FileProperties(WatcherProperties):
@@ -98,6 +104,7 @@ class FileWatcher(PolledWatcher[FileProperties]):
         self.previous_outcome = "unknown"
         self._mtime_ns = 0
         self._subscription: Subscription | None = None
+        self._settling: TimerHandle | None = None
         if self.properties.contents is not None:
             self._contents = compile_template(self.properties.contents)
             self._owner = compile_template(self.properties.owner)
@@ -117,9 +124,25 @@ class FileWatcher(PolledWatcher[FileProperties]):
             self._subscription = monitor.watch_file(self.path, self._on_file_event)
 
     def _on_file_event(self, name: str, mask: int) -> None:
+        if mask == IN_CREATE:
+            # Created, not yet written: its close wakes us; a file created whole has none.
+            if self._settling is None:
+                self._settling = self.machine.clock.call_later(CREATE_SETTLE, self._settled)
+            return
+        self._cancel_settling()
         self._wakeup.set(FILE_EVENT)
 
+    def _settled(self) -> None:
+        self._settling = None
+        self._wakeup.set(FILE_EVENT)
+
+    def _cancel_settling(self) -> None:
+        if self._settling is not None:
+            self._settling.cancel()
+            self._settling = None
+
     def close(self) -> None:
+        self._cancel_settling()
         if self._subscription is not None:
             self._subscription.cancel()
             self._subscription = None
