@@ -736,15 +736,21 @@ async def test_tampered_and_replayed_specifications(tmp_path: Path) -> None:
         )
         await publish(flipped)
         assert managers() == before
-        # Replayed: the old, validly signed specification published again is accepted.
+        # Replayed: the old, validly signed specification published again is refused (the node
+        # remembers what it applied and what superseded it), and removed from data.
         await publish(old)
         replayed = managers()
+        assert machine.watchers[0].status.outcome == "error"
+        assert "spec" not in machine.data
+        history = json.loads((directory / ".manage.applied.json").read_text())["applied"]
     print(
         "signed specs: tampered and bit-flipped ones changed nothing; a replayed old "
-        f"specification was accepted and brought back {sorted(set(replayed) - set(before))} "
-        "(Choria's format has no freshness; see docs/security.md)"
+        f"specification was refused, managers stay {replayed} (the node remembers the "
+        f"{len(history)} specifications it applied and refuses superseded ones; see "
+        "docs/security.md)"
     )
-    assert replayed == ["mm_legacy", "mm_web"]  # the documented gap
+    assert replayed == ["mm_web"]  # the legacy manager does not come back
+    assert [r["superseded_at"] is None for r in history] == [False, True]
 
 
 # -- what the store permission checks cover ----------------------------------------------------

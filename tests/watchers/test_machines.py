@@ -3,20 +3,24 @@ store directory; scheduling and the purge grace period run on the fake clock."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
 import stat
+import textwrap
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from machinery.agent.store import executable_problem
 from machinery.core.clock import FakeClock
 from machinery.core.machine import Machine
 from machinery.core.signing import KeyPair, SpecKind, keypair_from_seed, pack_specification
 from machinery.watchers.archive import ArchiveProperties
 from machinery.watchers.machines import MachinesWatcher
-from machinery.watchers.manager import ManagerWatcher, node_matches
+from machinery.watchers.manager import HISTORY_LIMIT, ManagerWatcher, node_matches
 from machinery.watchers.registry import check_manifest, load_manifest
 from tests.support import (
     CORPUS,
@@ -584,6 +588,432 @@ async def test_an_invalid_node_signing_key_is_an_error_that_keeps_the_data(
     assert machine.data.get("spec") == document
     assert "invalid public key" in (the_watcher(machine).status.last_error or "")
     assert not (store / "mm_facts").exists()
+
+
+# -- replayed specifications -------------------------------------------------------------------
+
+T0 = 1_767_225_600.0  # the fake clock's wall time at start: 2026-01-01T00:00:00Z
+WEB_LEGACY = [entry("web"), entry("legacy")]
+WEB = [entry("web")]
+
+
+def digest(entries: list[dict[str, Any]], indent: int = 1) -> str:
+    """The digest a node remembers: the SHA-256 of the signed JSON array (as spec() makes it)."""
+    return hashlib.sha256(json.dumps(entries, indent=indent).encode()).hexdigest()
+
+
+def history(directory: Path, watcher: str = "manage") -> list[tuple[str, float, float | None]]:
+    document = json.loads((directory / f".{watcher}.applied.json").read_text())
+    return [(r["sha256"], r["applied_at"], r["superseded_at"]) for r in document["applied"]]
+
+
+def write_history(directory: Path, records: list[tuple[str, float, float | None]]) -> None:
+    applied = [{"sha256": d, "applied_at": a, "superseded_at": s} for d, a, s in records]
+    (directory / ".manage.applied.json").write_text(json.dumps({"applied": applied}))
+
+
+def managers(store: Path) -> list[str]:
+    return sorted(p.name for p in store.glob("mm_*"))
+
+
+def replay_message(entries: list[dict[str, Any]], applied: float, superseded: float) -> str:
+    def iso(seconds: float) -> str:
+        return f"2026-01-01T00:{int(seconds - T0) // 60:02d}:{int(seconds - T0) % 60:02d}Z"
+
+    return (
+        f"specification {digest(entries)[:12]} was applied on {iso(applied)} and superseded on "
+        f"{iso(superseded)}: refusing a replay (publish a newly signed document to roll back)"
+    )
+
+
+async def apply_and_purge(machine: Machine, clock: FakeClock, document: Any, count: int) -> None:
+    """Publish a specification that purges something: wait through the grace period."""
+    machine.data.put("spec", document)
+    await grace_pending(clock)
+    await clock.advance(2)
+    await runs(machine, count)
+
+
+def replayed(document: dict[str, str], form: str) -> Any:
+    """``document`` as someone who kept it could put it back without the key."""
+    if form == "as JSON text":
+        return json.dumps(document)
+    if form == "upper-case signature":
+        return dict(document, signature=document["signature"].upper())
+    if form == "extra field":
+        return dict(document, published="again")
+    if form == "line breaks":
+        return dict(document, machines="\n".join(textwrap.wrap(document["machines"], 76)))
+    return document
+
+
+@pytest.mark.parametrize(
+    "form",
+    ["as published", "as JSON text", "upper-case signature", "extra field", "line breaks"],
+)
+async def test_a_replayed_specification_is_refused_and_changes_nothing(
+    store: Path,
+    clock: FakeClock,
+    recorder: Recorder,
+    caplog: pytest.LogCaptureFixture,
+    form: str,
+) -> None:
+    directory = manager_dir(store)
+    old = spec(WEB_LEGACY)
+    machine = start(directory, clock, recorder, old)
+    async with running(machine):
+        await runs(machine, 2)
+        assert managers(store) == ["mm_legacy", "mm_web"]
+        assert history(directory) == [(digest(WEB_LEGACY), T0, None)]
+        path = directory / ".manage.applied.json"
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        # The history is a hidden, private, non-executable file: the store's permission checks
+        # have nothing to say about it.
+        assert executable_problem(directory, os.getuid()) is None
+
+        await apply_and_purge(machine, clock, spec(WEB), 3)
+        assert managers(store) == ["mm_web"]
+        assert history(directory) == [
+            (digest(WEB_LEGACY), T0, T0 + 2),
+            (digest(WEB), T0 + 2, None),
+        ]
+
+        before = tree(store)
+        with caplog.at_level(logging.ERROR, "machinery.machine"):
+            machine.data.put("spec", replayed(old, form))
+            # Refused, then (entering BROKEN) the data item is gone.
+            await runs(machine, 5)
+            await clock.advance(5)
+        after = tree(store)
+        # Only the data file changed (the replay was removed from it): not the managers, not
+        # the history.
+        changed = {"manager", "manager/machine_data.json"}
+        assert {k: v for k, v in after.items() if k not in changed} == {
+            k: v for k, v in before.items() if k not in changed
+        }
+        assert "spec" not in machine.data
+        watcher = the_watcher(machine)
+        assert watcher.status.outcomes == {"updated": 2, "unchanged": 1, "error": 2}
+        assert watcher.status.last_error == "data item spec not present"
+        assert recorder.outcomes("manage") == ["updated", "updated", "error", "error"]
+        assert recorder.transitions() == [
+            ("applied", "MANAGE", "APPLIED"),
+            ("broken", "APPLIED", "BROKEN"),
+        ]
+        message = replay_message(WEB_LEGACY, T0, T0 + 2)
+        assert f"Specification in data_item spec rejected, removing data: {message}" in caplog.text
+        assert f"Managing machines failed: invalid data_item: {message}" in caplog.text
+
+
+async def test_the_current_specification_checked_again_is_not_a_replay(
+    store: Path, clock: FakeClock, recorder: Recorder
+) -> None:
+    directory = manager_dir(store)
+    document = spec(WEB)
+    machine = start(directory, clock, recorder, document)
+    async with running(machine):
+        await runs(machine, 2)
+        path = directory / ".manage.applied.json"
+        written = path.stat()
+        for count in (3, 4, 5):
+            await clock.advance(60)
+            await runs(machine, count)
+        # The same document in another form (JSON text) is the same specification.
+        machine.data.put("spec", json.dumps(document))
+        await runs(machine, 6)
+        assert the_watcher(machine).status.outcomes == {"updated": 1, "unchanged": 5}
+        assert recorder.outcomes("manage") == ["updated"]
+        assert machine.data.get("spec") == json.dumps(document)
+    # Nothing to record: the file was not even rewritten.
+    assert (path.stat().st_ino, path.stat().st_mtime_ns) == (written.st_ino, written.st_mtime_ns)
+    assert history(directory) == [(digest(WEB), T0, None)]
+
+
+async def test_a_deliberate_rollback_signs_the_old_entries_anew(
+    store: Path, clock: FakeClock, recorder: Recorder, caplog: pytest.LogCaptureFixture
+) -> None:
+    directory = manager_dir(store)
+    machine = start(directory, clock, recorder, spec(WEB_LEGACY))
+    async with running(machine):
+        await runs(machine, 2)
+        await apply_and_purge(machine, clock, spec(WEB), 3)
+        await clock.advance(58)  # the interval tick: unchanged
+        await runs(machine, 4)
+        # The old entries, re-encoded (indented differently) and signed: a new digest.
+        rollback = pack_specification(
+            SpecKind.MACHINES, json.dumps(WEB_LEGACY, indent=2).encode(), KEY
+        )
+        machine.data.put("spec", rollback)
+        await runs(machine, 5)
+        assert managers(store) == ["mm_legacy", "mm_web"]
+        assert history(directory) == [
+            (digest(WEB_LEGACY), T0, T0 + 2),
+            (digest(WEB), T0 + 2, T0 + 60),
+            (digest(WEB_LEGACY, indent=2), T0 + 60, None),
+        ]
+        # Neither earlier document comes back now.
+        with caplog.at_level(logging.ERROR, "machinery.machine"):
+            for document, count in ((spec(WEB), 7), (spec(WEB_LEGACY), 8)):
+                machine.data.put("spec", document)
+                await runs(machine, count)
+        assert managers(store) == ["mm_legacy", "mm_web"]
+        assert recorder.outcomes("manage") == ["updated"] * 3 + ["error"] * 3
+    assert replay_message(WEB, T0 + 2, T0 + 60) in caplog.text
+    assert replay_message(WEB_LEGACY, T0, T0 + 2) in caplog.text
+
+
+async def test_the_history_survives_a_restart(
+    store: Path, clock: FakeClock, recorder: Recorder, caplog: pytest.LogCaptureFixture
+) -> None:
+    directory = manager_dir(store)
+    machine = start(directory, clock, recorder, spec(WEB_LEGACY))
+    async with running(machine):
+        await runs(machine, 2)
+        await apply_and_purge(machine, clock, spec(WEB), 3)
+    # A new instance of the machine (an agent restart) reads the history from its file.
+    await clock.advance(3600)
+    restarted = Recorder()
+    with caplog.at_level(logging.ERROR, "machinery.machine"):
+        machine = start(directory, clock, restarted, spec(WEB_LEGACY))
+        async with running(machine):
+            await runs(machine, 2)
+    assert managers(store) == ["mm_web"]
+    assert "spec" not in machine.data
+    assert restarted.outcomes("manage") == ["error", "error"]
+    assert replay_message(WEB_LEGACY, T0, T0 + 2) in caplog.text
+    # The current specification after a restart is fine.
+    machine = start(directory, clock, Recorder(), spec(WEB))
+    async with running(machine):
+        await runs(machine, 1)
+    assert the_watcher(machine).status.outcomes == {"unchanged": 1}
+    assert history(directory) == [(digest(WEB_LEGACY), T0, T0 + 2), (digest(WEB), T0 + 2, None)]
+
+
+def corrupt_histories() -> list[tuple[str, bytes, str]]:
+    good = {"sha256": "a" * 64, "applied_at": T0, "superseded_at": None}
+    return [
+        ("not json", b"{not json", "not JSON: "),
+        ("not an object", b"[]", 'expected a JSON object with an "applied" list'),
+        ("no list", b'{"applied": {}}', 'expected a JSON object with an "applied" list'),
+        ("not a record", b'{"applied": [1]}', "record 1: expected a JSON object"),
+        (
+            "bad digest",
+            json.dumps({"applied": [good, dict(good, sha256="abc")]}).encode(),
+            "record 2: sha256 is not a SHA-256 digest",
+        ),
+        (
+            "bad time",
+            json.dumps({"applied": [dict(good, applied_at="yesterday")]}).encode(),
+            "record 1: applied_at is not a time in Unix seconds",
+        ),
+        (
+            "huge time",
+            json.dumps({"applied": [dict(good, superseded_at=1e300)]}).encode(),
+            "record 1: superseded_at is not a time in Unix seconds",
+        ),
+        (
+            "boolean time",
+            b'{"applied": [{"sha256": "' + b"a" * 64 + b'", "applied_at": true}]}',
+            "record 1: applied_at is not a time in Unix seconds",
+        ),
+        ("huge file", b" " * (4 << 20) + b"{}", "larger than 4 MiB"),
+        ("not utf-8", b"\xff\xfe", "not JSON: "),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("case", "content", "message"),
+    corrupt_histories(),
+    ids=lambda v: v if isinstance(v, str) and len(v) < 20 else "",
+)
+async def test_a_corrupt_history_is_a_warning_and_an_empty_history(
+    store: Path,
+    clock: FakeClock,
+    recorder: Recorder,
+    caplog: pytest.LogCaptureFixture,
+    case: str,
+    content: bytes,
+    message: str,
+) -> None:
+    directory = manager_dir(store)
+    path = directory / ".manage.applied.json"
+    path.write_bytes(content)
+    # A write killed half-way left its temporary file: cleaned up.
+    (directory / "..manage.applied.json.x1y2z3.tmp").write_text("{")
+    with caplog.at_level(logging.WARNING, "machinery.machine"):
+        machine = start(directory, clock, recorder, spec(WEB))
+        async with running(machine):
+            await runs(machine, 2)
+    assert managers(store) == ["mm_web"]
+    assert recorder.outcomes("manage") == ["updated"]
+    assert f"Ignoring the history of applied specifications in {path}: {message}" in caplog.text
+    assert "replays of earlier specifications cannot be detected" in caplog.text
+    # Replaced by a good one.
+    assert history(directory) == [(digest(WEB), T0, None)]
+    assert sorted(p.name for p in directory.iterdir()) == [
+        ".manage.applied.json",
+        "machine.yaml",
+        "machine_data.json",
+    ]
+
+
+async def test_a_history_behind_a_symbolic_link_is_not_read_and_the_link_is_replaced(
+    store: Path,
+    clock: FakeClock,
+    recorder: Recorder,
+    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
+) -> None:
+    directory = manager_dir(store)
+    elsewhere = tmp_path / "elsewhere.json"
+    elsewhere.write_text(json.dumps({"applied": []}))
+    (directory / ".manage.applied.json").symlink_to(elsewhere)
+    with caplog.at_level(logging.WARNING, "machinery.machine"):
+        machine = start(directory, clock, recorder, spec(WEB))
+        async with running(machine):
+            await runs(machine, 2)
+    assert "cannot read it: Too many levels of symbolic links" in caplog.text
+    assert not (directory / ".manage.applied.json").is_symlink()
+    assert history(directory) == [(digest(WEB), T0, None)]
+    assert json.loads(elsewhere.read_text()) == {"applied": []}
+
+
+async def test_a_history_that_cannot_be_written_is_logged_and_kept_in_memory(
+    store: Path, clock: FakeClock, recorder: Recorder, caplog: pytest.LogCaptureFixture
+) -> None:
+    directory = manager_dir(store)
+    blocker = directory / ".manage.applied.json"
+    blocker.mkdir()  # cannot be read, nor replaced by a file
+    with caplog.at_level(logging.WARNING, "machinery.machine"):
+        machine = start(directory, clock, recorder, spec(WEB_LEGACY))
+        async with running(machine):
+            await runs(machine, 2)
+            await apply_and_purge(machine, clock, spec(WEB), 3)
+            # Applied all the same; replays are refused from memory.
+            assert recorder.outcomes("manage") == ["updated", "updated"]
+            machine.data.put("spec", spec(WEB_LEGACY))
+            await runs(machine, 5)
+            assert managers(store) == ["mm_web"]
+            assert recorder.outcomes("manage") == ["updated", "updated", "error", "error"]
+            # Once it can be written, the next check writes it.
+            blocker.rmdir()
+            machine.data.put("spec", spec(WEB))
+            await runs(machine, 6)
+    assert f"Ignoring the history of applied specifications in {blocker}: cannot read it: " in (
+        caplog.text
+    )
+    assert f"Could not record the applied specification in {blocker}: " in caplog.text
+    assert history(directory) == [(digest(WEB_LEGACY), T0, T0 + 2), (digest(WEB), T0 + 2, None)]
+
+
+async def test_without_a_key_replays_are_accepted_as_in_choria(
+    store: Path, clock: FakeClock, recorder: Recorder
+) -> None:
+    directory = manager_dir(store, properties={"public_key": None})
+    old = spec(WEB_LEGACY, key=None)
+    machine = start(directory, clock, recorder, old)
+    async with running(machine):
+        await runs(machine, 2)
+        await apply_and_purge(machine, clock, spec(WEB, key=None), 3)
+        assert managers(store) == ["mm_web"]
+        machine.data.put("spec", old)
+        await runs(machine, 4)
+        assert managers(store) == ["mm_legacy", "mm_web"]
+    assert recorder.outcomes("manage") == ["updated"] * 3
+    # Nothing remembered: anyone can write an unsigned specification anyway.
+    assert not (directory / ".manage.applied.json").exists()
+
+
+async def test_the_node_signing_key_puts_replay_protection_in_force(
+    store: Path, clock: FakeClock, recorder: Recorder
+) -> None:
+    directory = manager_dir(store, properties={"public_key": None})
+    node = make_node(clock=clock, recorder=recorder)
+    node.provide("signing-key", KEY.public_hex)
+    machine = make_machine(directory, node=node)
+    machine.data.put("spec", spec(WEB_LEGACY))
+    async with running(machine):
+        await runs(machine, 2)
+        await apply_and_purge(machine, clock, spec(WEB), 3)
+        machine.data.put("spec", spec(WEB_LEGACY))
+        await runs(machine, 5)
+    assert managers(store) == ["mm_web"]
+    assert recorder.outcomes("manage") == ["updated", "updated", "error", "error"]
+
+
+async def test_the_newest_1000_specifications_are_remembered(
+    store: Path, clock: FakeClock, recorder: Recorder, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert HISTORY_LIMIT == 1000
+    directory = manager_dir(store, properties={"purge_unknown": False})
+    oldest, second = [entry("oldest")], [entry("second")]
+    fillers = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(998)]
+    records = [(digest(oldest), T0 - 3000, T0 - 2000), (digest(second), T0 - 2000, T0 - 1000)]
+    records += [(d, T0 - 1000, T0 - 1000) for d in fillers]
+    write_history(directory, records)
+    machine = start(directory, clock, recorder, spec(WEB))
+    async with running(machine):
+        await runs(machine, 2)
+        # A thousand and one: the oldest is forgotten.
+        kept = history(directory)
+        assert len(kept) == 1000
+        assert kept[0] == (digest(second), T0 - 2000, T0 - 1000)
+        assert kept[-1] == (digest(WEB), T0, None)
+        assert [d for d, _, _ in kept[1:-1]] == fillers
+        with caplog.at_level(logging.ERROR, "machinery.machine"):
+            machine.data.put("spec", spec(second))
+            await runs(machine, 4)
+        assert "spec" not in machine.data
+        assert "specification " + digest(second)[:12] + " was applied on 2025-12-31T23:26:40Z" in (
+            caplog.text
+        )
+        # Beyond the limit a replay is not detected (documented).
+        machine.data.put("spec", spec(oldest))
+        await runs(machine, 6)
+        assert managers(store) == ["mm_oldest", "mm_web"]
+        assert recorder.outcomes("manage") == ["updated", "error", "error", "updated"]
+    kept = history(directory)
+    assert len(kept) == 1000
+    assert kept[0][0] == fillers[0]
+    assert kept[-2:] == [(digest(WEB), T0, T0), (digest(oldest), T0, None)]
+
+
+async def test_a_watcher_name_that_is_no_file_name_gets_a_hashed_history_file(
+    store: Path, clock: FakeClock, recorder: Recorder
+) -> None:
+    directory = manager_dir(store)
+    manifest = directory / "machine.yaml"
+    manifest.write_text(manifest.read_text().replace("name: manage\n", 'name: "../manage it"\n'))
+    machine = start(directory, clock, recorder, spec(WEB))
+    async with running(machine):
+        await runs(machine, 2)
+    hashed = hashlib.sha256(b"../manage it").hexdigest()[:32]
+    files = sorted(p.name for p in directory.iterdir())
+    assert files == [f".watcher-{hashed}.applied.json", "machine.yaml", "machine_data.json"]
+    assert history(directory, f"watcher-{hashed}") == [(digest(WEB), T0, None)]
+
+
+async def test_the_history_file_does_not_restart_the_machine_in_the_agent(
+    store: Path, agent_factory: Any
+) -> None:
+    # Nothing matches this node, so no manager machine (and no download) appears; the
+    # specification is applied all the same and remembered.
+    directory = manager_dir(store)
+    nowhere = [entry("web", match="identity('^nowhere$')")]
+    (directory / "machine_data.json").write_text(json.dumps({"spec": spec(nowhere)}))
+    async with agent_factory() as run:
+        await run.wait(lambda: run.entry_status("manager") == "running", 10, "manager running")
+        loaded = run.agent.store.find("manager").machine
+        path = directory / ".manage.applied.json"
+        await run.wait(path.exists, 10, "the history file")
+        run.agent.store.rescan()
+        await run.wait(
+            lambda: not run.agent.store._queued and not run.agent.store._pending, what="quiet"
+        )
+        assert run.entry_status("manager") == "running"
+        assert run.agent.store.find("manager").machine is loaded
+        assert [d for d, _, _ in history(directory)] == [digest(nowhere)]
+        assert not managers(store)
 
 
 # -- matchers --------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,17 @@ from tests.support import CORPUS, Recorder, running, write_machine
 from tests.watchers.test_machines import (
     OTHER_KEY,
     SUM_C,
+    T0,
+    WEB,
+    WEB_LEGACY,
+    apply_and_purge,
+    digest,
     entry,
     grace_pending,
+    history,
     manager_dir,
+    managers,
+    replay_message,
     runs,
     spec,
     start,
@@ -217,6 +226,43 @@ async def test_updates_follow_the_specification(
         await runs(machine, 4)
     assert f'checksum: "{SUM_C}"' in (store / "mm_requests" / "machine.yaml").read_text()
     assert the_watcher(machine).status.outcomes == {"updated": 2, "unchanged": 2}
+
+
+async def test_a_replayed_specification_is_refused(
+    store: Path, clock: FakeClock, recorder: Recorder, caplog: pytest.LogCaptureFixture
+) -> None:
+    directory = plugins_dir(store)
+    old = plugins_spec(WEB_LEGACY)
+    machine = start(directory, clock, recorder, old)
+    async with running(machine):
+        await runs(machine, 2)
+        await apply_and_purge(machine, clock, plugins_spec(WEB), 3)
+        assert managers(store) == ["mm_web"]
+        # The same digest as the machines format: the SHA-256 of the JSON array.
+        assert history(directory) == [
+            (digest(WEB_LEGACY), T0, T0 + 2),
+            (digest(WEB), T0 + 2, None),
+        ]
+        document = json.loads((directory / ".manage.applied.json").read_text())
+        assert (document["watcher"], document["kind"]) == ("manage", "plugins")
+        before = tree(store)
+        with caplog.at_level(logging.ERROR, "machinery.machine"):
+            machine.data.put("spec", dict(old, signature=old["signature"].upper()))
+            await runs(machine, 5)
+        changed = {"manager", "manager/machine_data.json"}
+        assert {k: v for k, v in tree(store).items() if k not in changed} == {
+            k: v for k, v in before.items() if k not in changed
+        }
+        assert "spec" not in machine.data
+        assert recorder.outcomes("manage") == ["updated", "updated", "error", "error"]
+        message = replay_message(WEB_LEGACY, T0, T0 + 2)
+        assert f"Managing plugins failed: invalid data_item: {message}" in caplog.text
+        # Signed anew (any change to the JSON), the old entries are accepted.
+        reordered = [entry("legacy"), entry("web")]
+        machine.data.put("spec", plugins_spec(reordered))
+        await runs(machine, 7)  # applied, then entering APPLIED
+        assert managers(store) == ["mm_legacy", "mm_web"]
+        assert history(directory)[-1] == (digest(reordered), T0 + 2, None)
 
 
 async def test_get_fact_matchers(store: Path, clock: FakeClock, recorder: Recorder) -> None:

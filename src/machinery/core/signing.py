@@ -77,7 +77,9 @@ class SpecificationError(ValueError):
     """A specification that must not be used.
 
     ``reason`` says which step failed: ``format`` (not a specification document), ``base64``,
-    ``signature`` (missing, malformed or not matching the key).
+    ``signature`` (missing, malformed or not matching the key); the machines and plugins
+    watchers add ``entries`` (an entry they cannot use) and ``replay`` (a signed specification
+    applied before and superseded since).
     """
 
     def __init__(self, message: str, reason: str) -> None:

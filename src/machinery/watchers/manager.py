@@ -12,6 +12,14 @@ rendered *and validated* before the first file is touched. A specification that 
 acceptable (bad base64, bad JSON, a missing or wrong signature, an invalid entry) is also removed
 from machine data, as Choria does, so it is not retried until a new one arrives.
 
+Replays. When a public key is in force, the watcher remembers the SHA-256 of every specification
+it applied (of the signed JSON array, see :func:`specification_digest`), when, and when a newer
+one superseded it, in ``.<watcher name>.applied.json`` in its machine's directory (the newest
+:data:`HISTORY_LIMIT`). A specification applied before and superseded since is refused like a
+badly signed one, so an old signed document put back into the data item cannot roll the node
+back; a deliberate rollback publishes the old entries signed anew with any change to the JSON.
+Unsigned specifications (no key) are accepted again as in Choria: anyone can write those anyway.
+
 Node service read: ``signing-key`` (optional). When the agent provides it
 (``node.provide("signing-key", "<hex public key>")``, from its ``signing_key`` setting), that
 public key replaces the watchers' ``public_key`` property, like Choria's
@@ -23,9 +31,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import functools
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -33,7 +43,7 @@ import tempfile
 import time
 from abc import abstractmethod
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, ClassVar, Final, NoReturn, TypeVar
@@ -63,6 +73,7 @@ from machinery.watchers.base import PolledWatcher
 
 __all__ = [
     "DEFAULT_MANAGE_INTERVAL",
+    "HISTORY_LIMIT",
     "MATCHER_NAMES",
     "MIN_MANAGE_INTERVAL",
     "PURGE_GRACE",
@@ -79,6 +90,7 @@ __all__ = [
     "node_matches",
     "parse_entries",
     "render_manager",
+    "specification_digest",
 ]
 
 SIGNING_KEY_SERVICE: Final = "signing-key"
@@ -92,6 +104,13 @@ MATCHER_NAMES: Final = frozenset(
     {"identity", "has_file", "has_directory", "has_command", "get_fact"}
 )
 MAX_ENTRIES: Final = 10_000
+# How many applied specifications a watcher remembers to refuse their replay.
+HISTORY_LIMIT: Final = 1000
+# 1000 records take about 130 KB; a history file much larger than that is not ours.
+_HISTORY_MAX_BYTES: Final = 4 << 20
+# The latest wall time a history record may carry (datetime's year 9999).
+_LATEST_TIME: Final = 253_402_300_799.0
+_WATCHER_FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:@-]{0,99}$")
 
 # Entry names become directory and machine names: a single, tame path component.
 _ENTRY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -204,6 +223,18 @@ def parse_entries(payload: bytes, kind: SpecKind) -> list[ManagedEntry]:
         seen.add(entry.name)
         entries.append(entry)
     return entries
+
+
+def specification_digest(payload: bytes) -> str:
+    """The hex SHA-256 by which a specification is remembered: that of its JSON array.
+
+    ``payload`` is what :func:`decode_specification` returns. The digest covers what the
+    publisher signed (for plugins the base64 text of exactly these bytes), and nothing an
+    intermediary can vary without the key: the document's other fields, the case of the
+    signature's hex or line breaks in the base64 do not change it. It is ``sha256sum`` of the
+    JSON file the publisher signed.
+    """
+    return hashlib.sha256(payload).hexdigest()
 
 
 # -- matchers -------------------------------------------------------------------------------
@@ -370,6 +401,101 @@ class _Plan:
 
     manifests: dict[str, bytes]  # manager machine name -> its manifest
     deploy_messages: dict[str, str]
+    digest: str | None = None  # the specification's, when replays are refused
+
+
+@dataclass(slots=True)
+class _Applied:
+    """When a specification was applied and, unless it is the current one, superseded."""
+
+    applied_at: float
+    superseded_at: float | None = None
+
+
+@dataclass(slots=True)
+class _History:
+    """The specifications a watcher applied, by digest, oldest first."""
+
+    records: dict[str, _Applied] = field(default_factory=dict)
+    # The in-memory history differs from the file (a write failed): written at the next check.
+    dirty: bool = False
+
+    def current(self) -> str | None:
+        """The digest of the specification in force, if one was applied."""
+        if not self.records:
+            return None
+        digest = next(reversed(self.records))
+        return digest if self.records[digest].superseded_at is None else None
+
+    def apply(self, digest: str, now: float) -> None:
+        """Make ``digest`` the current specification (nothing changes when it already is)."""
+        if digest == self.current():
+            return
+        for record in self.records.values():
+            if record.superseded_at is None:
+                record.superseded_at = now
+        self.records.pop(digest, None)
+        self.records[digest] = _Applied(now)
+        while len(self.records) > HISTORY_LIMIT:
+            del self.records[next(iter(self.records))]
+        self.dirty = True
+
+    def to_json(self, watcher: str, kind: SpecKind) -> bytes:
+        document = {
+            "watcher": watcher,
+            "kind": kind.value,
+            "applied": [
+                {"sha256": d, "applied_at": r.applied_at, "superseded_at": r.superseded_at}
+                for d, r in self.records.items()
+            ],
+        }
+        return (json.dumps(document, indent=1) + "\n").encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> _History:
+        """Parse a history file; raises ValueError saying what is wrong with it."""
+        try:
+            document = json.loads(raw)
+        except (ValueError, RecursionError) as exc:
+            raise ValueError(f"not JSON: {exc}") from None
+        applied = document.get("applied") if isinstance(document, dict) else None
+        if not isinstance(applied, list):
+            raise ValueError('expected a JSON object with an "applied" list')
+        history = cls()
+        for index, item in enumerate(applied):
+            if not isinstance(item, dict):
+                raise ValueError(f"record {index + 1}: expected a JSON object")
+            digest = item.get("sha256")
+            if not isinstance(digest, str) or not _HEX64.match(digest):
+                raise ValueError(f"record {index + 1}: sha256 is not a SHA-256 digest")
+            applied_at = _time_field(index, item, "applied_at")
+            superseded_at = (
+                None
+                if item.get("superseded_at") is None
+                else _time_field(index, item, "superseded_at")
+            )
+            history.records.pop(digest.lower(), None)
+            history.records[digest.lower()] = _Applied(applied_at, superseded_at)
+        while len(history.records) > HISTORY_LIMIT:
+            del history.records[next(iter(history.records))]
+        return history
+
+
+def _time_field(index: int, item: dict[str, Any], key: str) -> float:
+    value = item.get(key)
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or not 0 <= value <= _LATEST_TIME
+    ):
+        raise ValueError(f"record {index + 1}: {key} is not a time in Unix seconds")
+    return float(value)
+
+
+def _iso_time(seconds: float) -> str:
+    moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 MP = TypeVar("MP", bound=ManagerProperties)
@@ -388,6 +514,7 @@ class ManagerWatcher(PolledWatcher[MP]):
         self.previous_run_time = 0.0
         self.previous_names: list[str] = []
         self._processed: object = None
+        self._history: _History | None = None  # read on first use
         self.store = Path(os.path.abspath(self.machine.directory)).parent
         self.machine.data.on_change(self._data_changed)
 
@@ -493,6 +620,8 @@ class ManagerWatcher(PolledWatcher[MP]):
                 changed = True
         if problems:
             raise _Failure("; ".join(problems))
+        if plan.digest is not None:
+            await self._remember(plan.digest)
         return UPDATED if changed else UNCHANGED
 
     # -- deciding ----------------------------------------------------------------------------
@@ -504,8 +633,13 @@ class ManagerWatcher(PolledWatcher[MP]):
             raise _Failure(f"data item {item} not present")
         self._processed = value
         public = self._public_key()
+        digest: str | None = None
         try:
             payload = decode_specification(self.kind, value, public)
+            if public is not None:
+                # Without a key anyone can write a specification: a replay is nothing special.
+                digest = specification_digest(payload)
+                self._refuse_replay(digest)
             entries = parse_entries(payload, self.kind)
             self._check_placement(entries)
         except SpecificationError as exc:
@@ -526,11 +660,11 @@ class ManagerWatcher(PolledWatcher[MP]):
             machine_name = self.manager_name(entry.name)
             manifests[machine_name] = self._render(entry, machine_name)
             messages[machine_name] = self.deploy_message(entry)
-        return _Plan(manifests, messages)
+        return _Plan(manifests, messages, digest)
 
     def _reject(self, exc: SpecificationError) -> NoReturn:
         item = self.properties.data_item
-        if exc.reason == "signature":
+        if exc.reason in ("signature", "replay"):
             self.log_error(f"Specification in data_item {item} rejected, removing data: {exc}")
         else:
             self.log_error(f"Invalid {self.kind.value} specification, removing data: {exc}")
@@ -539,6 +673,87 @@ class ManagerWatcher(PolledWatcher[MP]):
         except DataStoreError as failure:
             self.log_error(str(failure))
         raise _Failure(f"invalid data_item: {exc}")
+
+    # -- replays -----------------------------------------------------------------------------
+
+    @property
+    def history_path(self) -> Path:
+        """The file remembering the specifications this watcher applied."""
+        name = self.name
+        if not _WATCHER_FILE_NAME.match(name):
+            # Watcher names are free text; a file name must be one tame path component.
+            name = "watcher-" + hashlib.sha256(name.encode()).hexdigest()[:32]
+        return self.machine.directory / f".{name}.applied.json"
+
+    def _applied_history(self) -> _History:
+        if self._history is None:
+            self._history = self._read_history()
+        return self._history
+
+    def _read_history(self) -> _History:
+        path = self.history_path
+        # An agent killed while writing leaves atomic_write's temporary file behind.
+        prefix = f".{path.name}."
+        with contextlib.suppress(OSError):
+            for name in os.listdir(path.parent):
+                if name.startswith(prefix) and name.endswith(".tmp"):
+                    with contextlib.suppress(OSError):
+                        os.unlink(path.parent / name)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return _History()
+        except OSError as exc:
+            return self._forget(f"cannot read it: {exc.strerror}")
+        try:
+            with os.fdopen(fd, "rb") as handle:
+                raw = handle.read(_HISTORY_MAX_BYTES + 1)
+        except OSError as exc:
+            return self._forget(f"cannot read it: {exc.strerror}")
+        if len(raw) > _HISTORY_MAX_BYTES:
+            return self._forget(f"larger than {_HISTORY_MAX_BYTES // (1 << 20)} MiB")
+        try:
+            return _History.from_json(raw)
+        except ValueError as exc:
+            return self._forget(str(exc))
+
+    def _forget(self, reason: str) -> _History:
+        self.log_warning(
+            f"Ignoring the history of applied specifications in {self.history_path}: {reason}; "
+            "replays of earlier specifications cannot be detected"
+        )
+        return _History()
+
+    def _refuse_replay(self, digest: str) -> None:
+        record = self._applied_history().records.get(digest)
+        if record is None or record.superseded_at is None:
+            return
+        raise SpecificationError(
+            f"specification {digest[:12]} was applied on {_iso_time(record.applied_at)} and "
+            f"superseded on {_iso_time(record.superseded_at)}: refusing a replay (publish a "
+            "newly signed document to roll back)",
+            "replay",
+        )
+
+    async def _remember(self, digest: str) -> None:
+        """Record ``digest`` as the specification in force, on disk too."""
+        history = self._applied_history()
+        history.apply(digest, self.machine.clock.now())
+        if not history.dirty:
+            return
+        text = history.to_json(self.name, self.kind)
+        path = self.history_path
+        try:
+            await asyncio.to_thread(atomic_write, path, text, mode=0o600)
+        except OSError as exc:
+            # The specification is applied: say so, refuse replays from memory, and write the
+            # file again at the next check.
+            self.log_error(
+                f"Could not record the applied specification in {path}: {exc}; replays of "
+                "superseded specifications will be accepted after a restart until it is written"
+            )
+            return
+        history.dirty = False
 
     def _check_placement(self, entries: list[ManagedEntry]) -> None:
         """Refuse entries whose directories would collide with this machine or the managers."""
