@@ -36,6 +36,7 @@ from machinery.agent.store import StoreManager
 from machinery.core.atomic import atomic_write
 from machinery.core.facts import Facts, FactsError
 from machinery.core.inotify import FileMonitor
+from machinery.core.loop import handle_signals
 from machinery.core.machine import Machine
 from machinery.core.node import Node
 from machinery.core.process import ProcessRunner
@@ -165,11 +166,10 @@ class Agent:
             on_removed=self._machine_removed,
         )
         self.sse_shutdown = anyio.Event()
-        loop = asyncio.get_running_loop()
+        signals = contextlib.ExitStack()
         if self._install_signals:
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(signum, self.stop, signum)
-            loop.add_signal_handler(signal.SIGHUP, self.reload)
+            signals.enter_context(handle_signals(self.stop))
+            signals.enter_context(handle_signals(lambda _signum: self.reload(), [signal.SIGHUP]))
         log.info(
             "machinery agent %s starting as %s, store %s",
             __version__,
@@ -201,10 +201,7 @@ class Agent:
                     await self._drain_publisher(publisher_task)
                 broker_task.cancel()
         finally:
-            if self._install_signals:
-                for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-                    with contextlib.suppress(ValueError, RuntimeError):
-                        loop.remove_signal_handler(signum)
+            signals.close()
             await self.group.aclose()
             monitor.close()
             if self.writer is not None:

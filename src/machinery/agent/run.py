@@ -8,7 +8,6 @@ group) and the process exits 0.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import signal
@@ -24,6 +23,7 @@ from machinery.core.clock import Clock, SystemClock
 from machinery.core.datastore import DataStoreError
 from machinery.core.facts import Facts, FactsError
 from machinery.core.inotify import FileMonitor
+from machinery.core.loop import handle_signals
 from machinery.core.machine import Machine
 from machinery.core.node import Node
 from machinery.core.notifications import Notifier
@@ -120,7 +120,6 @@ async def run_machines(options: RunOptions) -> int:
         group.add(machine)
         machines.append(machine)
 
-    loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
 
     def request_stop(signum: int) -> None:
@@ -128,21 +127,17 @@ async def run_machines(options: RunOptions) -> int:
             log.info("received %s, stopping", signal.Signals(signum).name)
             stopping.set()
 
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, request_stop, signum)
     try:
-        async with asyncio.TaskGroup() as tasks:
-            running = [
-                tasks.create_task(machine.run(), name=f"machine {machine.name}")
-                for machine in machines
-            ]
-            await stopping.wait()
-            for task in running:
-                task.cancel()
+        with handle_signals(request_stop):
+            async with asyncio.TaskGroup() as tasks:
+                running = [
+                    tasks.create_task(machine.run(), name=f"machine {machine.name}")
+                    for machine in machines
+                ]
+                await stopping.wait()
+                for task in running:
+                    task.cancel()
     finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(ValueError, RuntimeError):
-                loop.remove_signal_handler(signum)
         await group.aclose()
         if node.file_monitor is not None:
             node.file_monitor.close()

@@ -8,9 +8,7 @@ once it listens, and runs until SIGINT or SIGTERM.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import signal
 from pathlib import Path
 from typing import Annotated
 
@@ -74,6 +72,7 @@ def dashboard(
     """Serve the fleet dashboard: every node's machines, live from their events on NATS."""
     from machinery.agent.config import NatsSettings, is_loopback, split_listen
     from machinery.cli.main import setup_logging
+    from machinery.core.loop import handle_signals
     from machinery.fleet.model import FleetModel
     from machinery.fleet.server import FleetDashboard
 
@@ -121,14 +120,7 @@ def dashboard(
     typer.echo(f"machinery fleet dashboard on {server.url} (NATS {', '.join(settings.servers)})")
 
     async def main() -> None:
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, server.stop)
-        try:
+        with handle_signals(lambda _signum: server.stop()):
             await server.run(sock)
-        finally:
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                with contextlib.suppress(ValueError, RuntimeError):
-                    loop.remove_signal_handler(signum)
 
     asyncio.run(main())

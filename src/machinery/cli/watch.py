@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from collections.abc import Iterator
@@ -15,6 +16,9 @@ from machinery.core.notifications import (
 )
 from machinery.events.cloudevents import CloudEventError, decode_cloudevent
 from machinery.events.text import watch_line
+
+# Seconds `watch --nats` waits for its connection to close when interrupted.
+CLOSE_TIMEOUT = 2.0
 
 __all__ = ["EventFilter", "follow"]
 
@@ -60,8 +64,18 @@ def follow_nats(
     import asyncio
 
     from machinery.cli.natsclient import NatsConnectError, connect
+    from machinery.core.loop import handle_signals
 
     async def main() -> int:
+        main_task = asyncio.current_task()
+        assert main_task is not None
+        with handle_signals(lambda _signum: main_task.cancel()):
+            try:
+                return await watch_broker()
+            except asyncio.CancelledError:
+                return 0  # SIGINT or SIGTERM: the way to stop watching
+
+    async def watch_broker() -> int:
         try:
             client = await connect(url, credentials, name="machinery watch", reconnect=True)
         except NatsConnectError as exc:
@@ -74,16 +88,19 @@ def follow_nats(
             if not queue.full():
                 queue.put_nowait(data)
 
-        for subject in subjects(selected):
-            await client.subscribe(subject, cb=received)
-        await client.flush()  # subscribed on the server before saying so
-        for subject in subjects(selected):
-            print(f"Viewing events on topic {subject}", file=sys.stderr, flush=True)
         try:
+            for subject in subjects(selected):
+                await client.subscribe(subject, cb=received)
+            await client.flush()  # subscribed on the server before saying so
+            for subject in subjects(selected):
+                print(f"Viewing events on topic {subject}", file=sys.stderr, flush=True)
             while True:
                 _print(await queue.get(), selected, as_json)
         finally:
-            await client.close()
+            # Interrupted: a close waiting on a broker that went away must not keep us here.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(CLOSE_TIMEOUT):
+                    await client.close()
 
     try:
         return asyncio.run(main())

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
 import sys
 import warnings
+from collections.abc import Callable, Iterable, Iterator
 
-__all__ = ["install_child_watcher"]
+__all__ = ["STOP_SIGNALS", "handle_signals", "install_child_watcher"]
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def install_child_watcher() -> None:
@@ -26,3 +31,25 @@ def install_child_watcher() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         asyncio.get_event_loop_policy().set_child_watcher(asyncio.PidfdChildWatcher())
+
+
+@contextlib.contextmanager
+def handle_signals(
+    callback: Callable[[int], object], signals: Iterable[int] = STOP_SIGNALS
+) -> Iterator[None]:
+    """Call ``callback(signum)`` on the running loop when one of ``signals`` arrives, while in
+    the ``with`` block; the previous dispositions are restored after it.
+
+    Set explicitly rather than left to Python's KeyboardInterrupt: a process started in the
+    background of a non-interactive shell inherits SIGINT ignored, and would not stop on it.
+    """
+    loop = asyncio.get_running_loop()
+    installed = list(signals)
+    for signum in installed:
+        loop.add_signal_handler(signum, callback, signum)
+    try:
+        yield
+    finally:
+        for signum in installed:
+            with contextlib.suppress(ValueError, RuntimeError):
+                loop.remove_signal_handler(signum)
