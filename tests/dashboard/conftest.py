@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -108,7 +109,10 @@ class WatchedPage:
 @pytest.fixture
 async def browser() -> AsyncIterator[Any]:
     if not CHROMIUM.exists():
-        pytest.skip(f"no Chromium at {CHROMIUM}: install Debian's chromium package")
+        missing = f"no Chromium at {CHROMIUM}: install Debian's chromium package"
+        if os.environ.get("MACHINERY_REQUIRE_BROWSER"):
+            pytest.fail(missing + " (.ci/run requires the browser tests to run)")
+        pytest.skip(missing)
     from playwright.async_api import async_playwright
 
     async with async_playwright() as playwright:
