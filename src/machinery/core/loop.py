@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 import sys
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 
-__all__ = ["STOP_SIGNALS", "handle_signals", "install_child_watcher"]
+__all__ = ["STOP_SIGNALS", "freeze_heap", "handle_signals", "install_child_watcher"]
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -53,3 +54,18 @@ def handle_signals(
         for signum in installed:
             with contextlib.suppress(ValueError, RuntimeError):
                 loop.remove_signal_handler(signum)
+
+
+def freeze_heap() -> int:
+    """Collect garbage once, then exempt every object alive now from garbage collection; returns
+    how many objects were frozen.
+
+    Called once the agent's machines are loaded and running: with thousands of machines, a full
+    collection walks millions of long-lived objects (0.5 s and more with 10,000 machines, a stall
+    of every machine's timers), although none of them is garbage. Frozen objects are still freed
+    by reference counting; only reference cycles among them are never collected, which costs at
+    most what was alive at the freeze.
+    """
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
