@@ -17,7 +17,7 @@ from tests.agent.test_store import LAMP, write
 from tests.natsserver import NatsServer
 
 OUTAGE_EVENTS = int(os.environ.get("OUTAGE_EVENTS", "10000"))
-OUTAGE_SECONDS = float(os.environ.get("OUTAGE_SECONDS", "3"))  # make soak: 30
+OUTAGE_SECONDS = float(os.environ.get("OUTAGE_SECONDS", "30"))
 
 
 async def subscriber(url: str, subject: str = "choria.machine.>") -> tuple[Any, list[Any]]:
