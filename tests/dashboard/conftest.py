@@ -110,7 +110,7 @@ class WatchedPage:
 async def browser() -> AsyncIterator[Any]:
     if not CHROMIUM.exists():
         missing = f"no Chromium at {CHROMIUM}: install Debian's chromium package"
-        if os.environ.get("MACHINERY_REQUIRE_BROWSER"):
+        if os.environ.get("CI_REQUIRE_BROWSER_TESTS"):
             pytest.fail(missing + " (.ci/run requires the browser tests to run)")
         pytest.skip(missing)
     from playwright.async_api import async_playwright
