@@ -29,8 +29,7 @@ from machinery.api.governor import router as governor_router
 from machinery.api.guard import RequestGuard, token_dependency
 from machinery.api.kv import router as kv_router
 from machinery.core.machine import Machine
-from machinery.core.notifications import MachineEvent, TransitionNotification
-from machinery.events.bus import SubscriberLimitError
+from machinery.events.bus import SubscriberLimitError, event_query
 from machinery.events.cloudevents import encode_cloudevent
 from machinery.nats.connection import redact_url
 from machinery.spec.graph import to_dot
@@ -377,16 +376,7 @@ def create_app(agent: Agent) -> FastAPI:
     ) -> EventSourceResponse:
         """Server-sent events: each ``data`` is one CloudEvent (JSON)."""
 
-        def accepts(event: MachineEvent) -> bool:
-            if machine is not None and event.machine != machine:
-                return False
-            if type is not None and event.protocol != type:
-                return False
-            is_transition = isinstance(event, TransitionNotification)
-            if kind == "transitions" and not is_transition:
-                return False
-            return not (kind == "watchers" and is_transition)
-
+        accepts = event_query(machine=machine, protocol=type, kind=kind)
         try:
             subscription = agent.bus.subscribe(accepts)
             subscriber = await subscription.__aenter__()

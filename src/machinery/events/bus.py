@@ -13,11 +13,36 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from machinery.core.notifications import MachineEvent, Notifier
+from machinery.core.notifications import MachineEvent, Notifier, TransitionNotification
 
-__all__ = ["EventBus", "Subscriber", "SubscriberLimitError"]
+__all__ = ["EventBus", "Subscriber", "SubscriberLimitError", "event_query"]
 
 log = logging.getLogger("machinery.events")
+
+
+def event_query(
+    *,
+    machine: str | None = None,
+    identity: str | None = None,
+    protocol: str | None = None,
+    kind: str | None = None,
+) -> Callable[[MachineEvent], bool]:
+    """The events an event-stream request asks for: those of exactly this ``machine``,
+    ``identity`` and CloudEvent type (``protocol``), and of this ``kind`` (``"transitions"`` or
+    ``"watchers"``); a parameter left out matches every event."""
+
+    def accepts(event: MachineEvent) -> bool:
+        if machine is not None and event.machine != machine:
+            return False
+        if identity is not None and event.identity != identity:
+            return False
+        if protocol is not None and event.protocol != protocol:
+            return False
+        if kind is None:
+            return True
+        return isinstance(event, TransitionNotification) == (kind == "transitions")
+
+    return accepts
 
 
 class SubscriberLimitError(RuntimeError):

@@ -42,7 +42,8 @@ from machinery import __version__
 from machinery.agent.config import NatsSettings
 from machinery.api.app import install_error_handlers
 from machinery.api.dashboard import router as dashboard_router
-from machinery.core.notifications import MachineEvent, TransitionNotification
+from machinery.core.notifications import MachineEvent
+from machinery.events.bus import event_query
 from machinery.events.cloudevents import CloudEventError, decode_cloudevent, encode_cloudevent
 from machinery.fleet.model import FleetModel
 from machinery.nats.connection import BrokerConnection
@@ -325,16 +326,7 @@ def create_fleet_app(dashboard: FleetDashboard) -> FastAPI:
     ) -> EventSourceResponse:
         """Server-sent events: each ``data`` is one CloudEvent, as published on NATS."""
 
-        def accepts(event: MachineEvent) -> bool:
-            if identity is not None and event.identity != identity:
-                return False
-            if machine is not None and event.machine != machine:
-                return False
-            is_transition = isinstance(event, TransitionNotification)
-            if kind == "transitions" and not is_transition:
-                return False
-            return not (kind == "watchers" and is_transition)
-
+        accepts = event_query(identity=identity, machine=machine, kind=kind)
         try:
             listening = dashboard.hub.listen(accepts)
             queue = await listening.__aenter__()
