@@ -23,6 +23,17 @@ def nats_server_binary() -> str:
     return found
 
 
+def stop_server(process: subprocess.Popen[bytes] | None, timeout: float) -> None:
+    """SIGTERM a server started in its own session; SIGKILL its group after ``timeout``."""
+    if process is not None and process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -89,13 +100,7 @@ class NatsServer:
             time.sleep(0.02)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        stop_server(self.process, 10)
         self.process = None
 
     def kill(self) -> None:

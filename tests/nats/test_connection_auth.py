@@ -27,7 +27,7 @@ import pytest
 
 from machinery.agent.config import NatsSettings
 from machinery.nats.connection import BrokerConnection, ConnectionState
-from tests.natsserver import free_port, nats_server_binary
+from tests.natsserver import free_port, nats_server_binary, stop_server
 from tests.support import wait_until
 
 OPENSSL = "/usr/bin/openssl"
@@ -87,13 +87,7 @@ class ConfiguredServer:
             time.sleep(0.02)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        stop_server(self.process, 5)
         self.process = None
 
 
