@@ -95,6 +95,10 @@ async def stream_ids(url: str, timeout: float = 60) -> list[str]:
                 batch = await consumer.fetch(1000, timeout=2)
             except (nats.errors.TimeoutError, TimeoutError):
                 continue
+            except nats.js.errors.ServiceUnavailableError:
+                # The consumer's leader is still being elected after servers came back.
+                await asyncio.sleep(0.5)
+                continue
             for message in batch:
                 ids.append(json.loads(message.data)["id"])
                 await message.ack()
