@@ -33,18 +33,27 @@ from machinery.core.clock import TimerHandle
 from machinery.core.inotify import Subscription
 from machinery.core.machine import Machine, MachineStatus
 from machinery.core.node import Node
+from machinery.core.permissions import command_problem, permission_problem, stat_problem
 from machinery.lang.cmdline import split_command
 from machinery.lang.template import TemplateError
 from machinery.spec.diagnostics import Diagnostic
 from machinery.spec.validate import (
     MANIFEST_NAME,
     Manifest,
+    ManifestReadError,
     check_manifest_text,
     read_manifest_bytes,
 )
 from machinery.watchers.registry import WatcherRegistry
 
-__all__ = ["EntryStatus", "MachineEntry", "StoreManager", "eligible_name", "permission_problem"]
+__all__ = [
+    "EntryStatus",
+    "MachineEntry",
+    "StoreManager",
+    "command_problem",
+    "eligible_name",
+    "permission_problem",
+]
 
 log = logging.getLogger("machinery.store")
 
@@ -64,16 +73,6 @@ class EntryStatus(enum.StrEnum):
 def eligible_name(name: str) -> bool:
     """Store entries that are staging areas, not machines: ``.x``, ``tmp*``, ``*-temp``."""
     return not (name.startswith((".", "tmp")) or name.endswith("-temp"))
-
-
-def permission_problem(path: Path, uid: int) -> str | None:
-    """Why ``path`` is unsafe to run from, or None: it must be owned by ``uid`` or root and not
-    writable by group or others (anyone who can write a manifest can run commands as us)."""
-    try:
-        st = path.stat()
-    except OSError as exc:
-        return f"cannot check {path}: {exc.strerror}"
-    return _stat_problem(str(path), st, uid)
 
 
 class _AnyName(Collection[str]):
@@ -105,31 +104,6 @@ def static_program(command: str) -> str | None:
     if not words or not words[0].template.is_static:
         return None
     return words[0].template.source or None
-
-
-def command_problem(directory: Path, program: str, uid: int) -> tuple[Path, str] | None:
-    """Whether ``program`` (a command's first word), if a relative path with a ``/`` (so inside
-    ``directory``: see :func:`machinery.core.process.resolve_program`), is unsafe to run: the
-    file or a directory leading to it inside ``directory`` fails :func:`permission_problem`.
-    Returns the path at fault and why, or None: safe, missing, a bare name or absolute."""
-    if "/" not in program or os.path.isabs(program):
-        return None
-    path = directory / program
-    if not os.path.exists(path):
-        return None  # the watcher reports "command not found" when it runs
-    problem = permission_problem(path, uid)
-    if problem is not None:
-        return path, problem
-    parts = os.path.normpath(program).split(os.sep)[:-1]
-    if parts and parts[0] == "..":
-        return None  # outside the machine directory: only the file itself is ours to judge
-    folder = directory
-    for part in parts:
-        folder = folder / part
-        problem = permission_problem(folder, uid)
-        if problem is not None:
-            return folder, problem
-    return None
 
 
 def executable_problem(directory: Path, uid: int) -> tuple[Path, str] | None:
@@ -169,20 +143,12 @@ def executable_problem(directory: Path, uid: int) -> tuple[Path, str] | None:
                 continue  # gone, or a dangling link
             if not stat.S_ISREG(info.st_mode) or not info.st_mode & 0o111:
                 continue
-            problem = _stat_problem(entry.path, info, uid)
+            problem = stat_problem(entry.path, info, uid)
             if problem is not None:
                 return Path(entry.path), problem
             at_fault = folder_problem(folder)
             if at_fault is not None:
                 return at_fault
-    return None
-
-
-def _stat_problem(path: str, st: os.stat_result, uid: int) -> str | None:
-    if st.st_uid not in (uid, 0):
-        return f"{path} is owned by uid {st.st_uid}, not by the agent's user ({uid}) or root"
-    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        return f"{path} is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})"
     return None
 
 
@@ -355,6 +321,8 @@ class StoreManager:
                     )
                 for directory in self._list():
                     await self._reconcile(directory)
+                # Ready means started: the machines' tasks take their first step first.
+                await asyncio.sleep(0)
                 self.ready.set()
                 log.info("store %s: %d machines loaded", self.store, len(self.machines()))
                 tasks.create_task(self._reconcile_loop(), name="store reconcile")
@@ -512,7 +480,19 @@ class StoreManager:
             return
         entry.stamp = stamp
         try:
-            raw = read_manifest_bytes(entry.manifest_path)  # a huge file: refused, not held
+            # In a thread: a slow disk stalls no machine (and what is not a regular file is
+            # refused without a read). A huge file is refused, not held.
+            raw = await asyncio.to_thread(read_manifest_bytes, entry.manifest_path)
+        except ManifestReadError as exc:
+            # Not a manifest at all (a FIFO, a device, a link out of the directory): whatever
+            # ran from the file that was there before stops, as when the file is removed.
+            if entry.machine is not None:
+                await self._stop(entry, "its machine.yaml is not a regular file in its directory")
+            problem = f"{entry.manifest_path}: cannot read: {exc.strerror}"
+            if entry.problem != problem:
+                log.error("Could not load Autonomous Agent from %s: %s", directory, problem)
+            entry.sha256, entry.diagnostics, entry.problem = None, [], problem
+            return
         except OSError as exc:
             entry.problem = f"{entry.manifest_path}: cannot read: {exc.strerror}"
             return
