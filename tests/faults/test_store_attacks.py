@@ -205,6 +205,13 @@ async def test_a_program_linked_or_climbing_out_of_its_directory_is_refused(
             f"watcher 'check' runs ../../outside/tool.sh: {climbing / '../../outside/tool.sh'} "
             f"resolves outside the machine directory {climbing}"
         ]
+        # Still refused at every rescan, without loading the manifest again.
+        loaded_at = {name: run.agent.store.find(name).loaded_at for name in ("linked", "climbing")}
+        for directory in (linked, climbing):
+            await run.agent.store._reconcile(directory)  # what a rescan does with each
+        for name, when in loaded_at.items():
+            assert run.entry_status(name) == "refused"
+            assert run.agent.store.find(name).loaded_at == when, f"{name} was parsed again"
 
 
 # -- item 9: the rendered program is checked when it runs --------------------------------------

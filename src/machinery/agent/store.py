@@ -178,9 +178,10 @@ class MachineEntry:
     diagnostics: list[Diagnostic] = field(default_factory=list)
     problem: str | None = None
     refused: bool = False
-    # The command or executable that made the last load refuse the machine, and how the refusal
-    # read: looked at again first, so a machine still refused costs no parse.
-    unsafe_file: tuple[Path, str] | None = None
+    # The command or executable that made the last load refuse the machine, how the refusal
+    # read, and the program as the manifest names it (None for an executable): looked at again
+    # first, so a machine still refused costs no parse.
+    unsafe_file: tuple[Path, str, str | None] | None = None
     loaded_at: float = 0.0
     subscription: Subscription | None = None
 
@@ -519,18 +520,22 @@ class StoreManager:
         if entry.unsafe_file is not None:
             # Refused for a program last time: while the manifest is the same and that program
             # still unsafe, the answer is known without loading the manifest again.
-            path, context = entry.unsafe_file
+            path, context, program = entry.unsafe_file
             if stamp == entry.stamp and os.path.lexists(path):
-                problem = permission_problem(path, self._uid)
+                if program is None:
+                    problem = permission_problem(path, self._uid)
+                else:
+                    found = command_problem(directory, program, self._uid)
+                    problem = None if found is None else found[1]
                 if problem is not None:
                     return context + problem
             entry.unsafe_file = None
         return None
 
-    def _command_refusal(self, manifest: Manifest) -> tuple[Path, str, str] | None:
+    def _command_refusal(self, manifest: Manifest) -> tuple[Path, str, str, str | None] | None:
         """The first program or executable of a checked manifest that is unsafe to run (see
-        the module docstring): the path at fault, what to say before its problem, and the
-        problem."""
+        the module docstring): the path at fault, what to say before its problem, the problem,
+        and the program as the manifest names it (None for an executable)."""
         directory = manifest.directory
         for watcher, properties in zip(manifest.spec.watchers, manifest.properties, strict=False):
             key = COMMAND_PROPERTIES.get(watcher.type)
@@ -543,10 +548,10 @@ class StoreManager:
                 continue  # a template: what it runs is known only once rendered
             found = command_problem(directory, program, self._uid)
             if found is not None:
-                return found[0], f"watcher {watcher.name!r} runs {program}: ", found[1]
+                return found[0], f"watcher {watcher.name!r} runs {program}: ", found[1], program
         found = executable_problem(directory, self._uid)
         if found is not None:
-            return found[0], "executable in the machine directory: ", found[1]
+            return found[0], "executable in the machine directory: ", found[1], None
         return None
 
     async def _load(self, entry: MachineEntry, raw: bytes, sha: str) -> None:
@@ -577,11 +582,11 @@ class StoreManager:
         if self.check_permissions:
             unsafe = self._command_refusal(manifest)
             if unsafe is not None:
-                path, context, problem = unsafe
+                path, context, problem, program = unsafe
                 refusal = context + problem
                 log.error("refusing machine in %s: %s", entry.directory, refusal)
                 entry.refused, entry.problem, entry.sha256 = True, refusal, None
-                entry.unsafe_file = path, context
+                entry.unsafe_file = path, context, program
                 return
         clash = self._by_name.get(manifest.name)
         if clash is not None and clash is not entry and clash.machine is not None:
