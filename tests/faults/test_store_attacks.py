@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
+from machinery.core.wakeup import TICK
 from tests.agent.test_store import LAMP, script, write
 from tests.e2e.agent_process import AgentProcess
 
@@ -336,3 +337,38 @@ def test_control_characters_in_directory_names_are_escaped_in_the_log_and_status
         assert "\x1b" not in text and "\x9b" not in text and "\u202e" not in text
         assert not any(line.startswith("FORGED") for line in text.splitlines())
     assert "evil\\nFORGED ERROR line\\x1b[31m\\x9b\\u202e" in status.stdout
+
+
+NAGIOS = """\
+name: checked
+version: 1.0.0
+initial_state: watching
+transitions:
+  - name: stop
+    from: [watching]
+    destination: stopped
+watchers:
+  - name: plugin
+    type: nagios
+    interval: 1m
+    properties:
+      plugin: ./{{ o "tool" "missing.sh" }} --warn 5
+"""
+
+
+async def test_a_nagios_plugin_rendered_out_of_its_directory_is_unknown_not_run(
+    agent_factory: Any, tmp_path: Path
+) -> None:
+    marker = tmp_path / "ran"
+    script(tmp_path / "outside" / "evil.sh").write_text(f"#!/bin/sh\ntouch {marker}\n")
+    overrides = tmp_path / "overrides.json"  # Scout overrides: what `o` renders
+    overrides.write_text(json.dumps({"checked": {"tool": "../../outside/evil.sh"}}))
+    async with agent_factory(overrides_file=str(overrides)) as run:
+        write(run.store, "checked", NAGIOS)
+        await run.wait(lambda: run.entry_status("checked") == "running", what="loaded")
+        watcher = run.agent.store.find("checked").machine.watchers[0]
+        await watcher.check(TICK)  # its interval tick, now (the agent staggers the first)
+        assert not marker.exists(), "the plugin outside the machine directory ran"
+        error = watcher.status.last_error
+        assert error is not None and "refusing to run ./../../outside/evil.sh: " in error, error
+        assert "resolves outside the machine directory" in error
