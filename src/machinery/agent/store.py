@@ -10,9 +10,9 @@ Unsafe means writable by group or others, or owned by someone other than the age
 root: the machine directory, its ``machine.yaml``, the programs its ``exec``, ``nagios`` and
 ``metric`` watchers name by a relative path (and the directories leading to them inside the
 machine directory), and every executable file in the machine directory's tree; a program named
-by a relative path must also resolve inside the machine directory (:mod:`machinery.core.permissions`).
-All are checked when a machine loads; anyone who can change one of them can run commands as the
-agent. Only a regular file inside the machine directory is read as its ``machine.yaml``, in a
+by a relative path must also resolve inside the machine directory (see
+:mod:`machinery.core.permissions`). All are checked when a machine loads; anyone who can change
+one of them can run commands as the agent. Only a regular file inside the machine directory is read as its ``machine.yaml``, in a
 thread (:func:`machinery.spec.validate.read_manifest_bytes`): a FIFO, device or link out of the
 directory makes the machine ``invalid`` without stalling the others.
 """
