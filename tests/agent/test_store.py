@@ -246,6 +246,23 @@ def test_command_problem(tmp_path: Path) -> None:
     assert command_problem(tmp_path, "check.sh", uid) is None
     assert command_problem(tmp_path, str(tmp_path / "check.sh"), uid) is None
     assert command_problem(tmp_path, "./missing.sh", uid) is None
+    # Relative paths that resolve outside the machine directory are refused, safe or not.
+    (tmp_path / "bin").chmod(0o755)
+    machine = tmp_path / "machine"
+    machine.mkdir()
+    (machine / "linked.sh").symlink_to(tmp_path / "check.sh")
+    (tmp_path / "check.sh").chmod(0o755)
+    for program in ("../check.sh", "./linked.sh", "./../bin/run.sh"):
+        found = command_problem(machine, program, uid)
+        assert found is not None and found[0] == machine / program
+        assert found[1] == f"{machine / program} resolves outside the machine directory {machine}"
+    # A link that stays inside is judged by its target.
+    script(machine / "tools" / "real.sh")
+    (machine / "alias.sh").symlink_to("tools/real.sh")
+    assert command_problem(machine, "./alias.sh", uid) is None
+    (machine / "tools").chmod(0o777)
+    found = command_problem(machine, "./alias.sh", uid)
+    assert found is not None and found[0] == machine / "tools"
 
 
 def test_executable_problem(tmp_path: Path) -> None:

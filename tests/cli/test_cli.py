@@ -78,3 +78,31 @@ def test_run_refuses_a_missing_directory(tmp_path: Path) -> None:
     result = runner.invoke(app, ["run", str(tmp_path / "nope")])
     assert result.exit_code == 1
     assert "is not a directory" in result.output
+
+
+def test_log_lines_escape_control_characters() -> None:
+    import json
+    import logging
+    import sys
+
+    from machinery.cli.logformat import JsonFormatter, TextFormatter, escape_control
+
+    assert escape_control("plain text, é, 日本") == "plain text, é, 日本"
+    assert escape_control("a\nb\rc\td\x00e\x1b[31mf\x7fg\x9bh\u2028i\u202ej") == (
+        "a\\nb\\rc\\td\\x00e\\x1b[31mf\\x7fg\\x9bh\\u2028i\\u202ej"
+    )
+    name = "evil\nFORGED\x1b[2J\x9b\u202e"
+    record = logging.LogRecord("t", logging.ERROR, __file__, 1, "loading %s", (name,), None)
+    text = TextFormatter("%(levelname)s %(message)s").format(record)
+    assert text == "ERROR loading evil\\nFORGED\\x1b[2J\\x9b\\u202e"
+    line = JsonFormatter().format(record)
+    assert "\n" not in line and "\x1b" not in line and "\x9b" not in line
+    assert "\u202e" not in line
+    assert json.loads(line)["message"] == f"loading {name}"  # JSON keeps the exact text
+    try:
+        raise ValueError(name)
+    except ValueError:
+        failed = logging.LogRecord("t", logging.ERROR, __file__, 1, "x", (), sys.exc_info())
+    shown = TextFormatter("%(message)s").format(failed)
+    assert "Traceback (most recent call last):\n" in shown  # a traceback keeps its lines
+    assert "ValueError: evil\\nFORGED\\x1b[2J\\x9b\\u202e" in shown

@@ -100,3 +100,47 @@ async def test_no_transport_is_left_unclosed(tmp_path: Path) -> None:
         gc.collect()
     unclosed = [w for w in caught if issubclass(w.category, ResourceWarning)]
     assert unclosed == []
+
+
+async def test_programs_are_checked_when_they_run(tmp_path: Path) -> None:
+    """With ``check_programs`` the runner applies the store's rules to what it is asked to run
+    (the store cannot check a templated program before it is rendered)."""
+    directory = tmp_path / "machine"
+    (directory / "bin").mkdir(parents=True)
+    marker = tmp_path / "ran"
+    for name, mode in (("safe.sh", 0o755), ("open.sh", 0o777)):
+        (directory / "bin" / name).write_text(f"#!/bin/sh\ntouch {marker}\n")
+        (directory / "bin" / name).chmod(mode)
+    (tmp_path / "outside.sh").write_text(f"#!/bin/sh\ntouch {marker}\n")
+    (tmp_path / "outside.sh").chmod(0o755)
+    (directory / "linked.sh").symlink_to(tmp_path / "outside.sh")
+    env = {"PATH": "/usr/bin:/bin"}
+    checked, unchecked = ProcessRunner(check_programs=True), ProcessRunner()
+
+    async def run(runner: ProcessRunner, program: str) -> str | None:
+        marker.unlink(missing_ok=True)
+        result = await runner.run(CommandRequest([program], directory, env, timeout=10))
+        assert marker.exists() == (result.error is None), (program, result)
+        return result.error
+
+    assert await run(checked, "./bin/safe.sh") is None
+    assert await run(checked, "bin/../bin/safe.sh") is None
+    assert await run(checked, "./bin/open.sh") == (
+        f"refusing to run ./bin/open.sh: {directory / 'bin' / 'open.sh'} is writable by group "
+        "or others (mode 0777)"
+    )
+    assert await run(checked, "../outside.sh") == (
+        f"refusing to run ../outside.sh: {directory / '../outside.sh'} resolves outside the "
+        f"machine directory {directory}"
+    )
+    assert "resolves outside" in (await run(checked, "./linked.sh") or "")
+    (directory / "bin").chmod(0o777)  # anyone could swap safe.sh
+    assert await run(checked, "./bin/safe.sh") == (
+        f"refusing to run ./bin/safe.sh: {directory / 'bin'} is writable by group or others "
+        "(mode 0777)"
+    )
+    # Absolute paths and PATH lookups are the operator's choice, as at load; off means off.
+    assert await run(checked, str(tmp_path / "outside.sh")) is None
+    assert checked.refused == 4
+    for program in ("./bin/open.sh", "../outside.sh", "./linked.sh", "./bin/safe.sh"):
+        assert await run(unchecked, program) is None

@@ -273,3 +273,57 @@ def test_names_that_yaml_11_would_turn_into_booleans(tmp_path: Path) -> None:
     assert manifest is not None, diagnostics
     assert manifest.spec.watchers[0].name == "off"
     assert "on" in manifest.spec.states()
+
+
+# -- only regular files inside their directory are read --------------------------------------
+
+
+def test_only_regular_files_inside_their_directory_are_read(tmp_path: Path) -> None:
+    import os
+    import socket
+    import stat
+
+    from machinery.spec.validate import ManifestReadError, read_manifest_bytes
+
+    secret = tmp_path / "secret.txt"
+    secret.write_text("canary: value\n")
+    cases: dict[str, str] = {}
+    (tmp_path / "fifo").mkdir()
+    os.mkfifo(tmp_path / "fifo" / "machine.yaml")
+    cases["fifo"] = "not a regular file (a FIFO (named pipe))"
+    (tmp_path / "folder" / "machine.yaml").mkdir(parents=True)
+    cases["folder"] = "not a regular file (a directory)"
+    (tmp_path / "sock").mkdir()
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(str(tmp_path / "sock" / "machine.yaml"))
+    cases["sock"] = "not a regular file (a socket)"
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "machine.yaml").symlink_to(secret)
+    cases["out"] = "a symbolic link out of its directory (not followed)"
+    (tmp_path / "devnull").mkdir()
+    (tmp_path / "devnull" / "machine.yaml").symlink_to("/dev/null")
+    cases["devnull"] = "a symbolic link out of its directory (not followed)"
+    try:
+        os.mknod(tmp_path / "dev" / "machine.yaml", stat.S_IFCHR | 0o600, os.makedev(1, 3))
+    except FileNotFoundError:
+        (tmp_path / "dev").mkdir()
+        try:
+            os.mknod(tmp_path / "dev" / "machine.yaml", stat.S_IFCHR | 0o600, os.makedev(1, 3))
+            cases["dev"] = "not a regular file (a character device)"
+        except PermissionError:
+            print("mknod not permitted: no device case")
+    for name, reason in cases.items():
+        file = tmp_path / name / "machine.yaml"
+        with pytest.raises(ManifestReadError) as caught:
+            read_manifest_bytes(file)
+        assert caught.value.strerror == reason, name
+        # check_manifest (and so `machinery validate`) says the same, quoting nothing.
+        manifest, diagnostics = check_manifest(tmp_path / name)
+        assert manifest is None
+        assert [d.message for d in diagnostics] == [f"cannot read {file}: {reason}"]
+        assert "canary" not in str(diagnostics)
+    # A link that stays inside the directory is followed.
+    (tmp_path / "ok" / "versions").mkdir(parents=True)
+    (tmp_path / "ok" / "versions" / "v1.yaml").write_text("name: x\n")
+    (tmp_path / "ok" / "machine.yaml").symlink_to("versions/v1.yaml")
+    assert read_manifest_bytes(tmp_path / "ok" / "machine.yaml") == b"name: x\n"

@@ -127,7 +127,7 @@ class Agent:
         self.node = Node(
             identity=settings.identity,
             facts=facts,
-            runner=ProcessRunner(),
+            runner=ProcessRunner(check_programs=settings.check_permissions),
             notifiers=[self.bus],
             host=self.group,
             file_monitor=monitor,
@@ -287,6 +287,8 @@ class Agent:
         if self.store is not None:
             self.store.rescan_interval = new.rescan_interval
             self.store.check_permissions = new.check_permissions
+        if self.node is not None and isinstance(self.node.runner, ProcessRunner):
+            self.node.runner.check_programs = new.check_permissions
         self.settings = new
         try:
             self.token = self._read_token()

@@ -9,8 +9,12 @@ broken or unsafe manifest is reported for its own machine only and retried when 
 Unsafe means writable by group or others, or owned by someone other than the agent's user or
 root: the machine directory, its ``machine.yaml``, the programs its ``exec``, ``nagios`` and
 ``metric`` watchers name by a relative path (and the directories leading to them inside the
-machine directory), and every executable file in the machine directory's tree. All are checked
-when a machine loads; anyone who can change one of them can run commands as the agent.
+machine directory), and every executable file in the machine directory's tree; a program named
+by a relative path must also resolve inside the machine directory (see
+:mod:`machinery.core.permissions`). All are checked when a machine loads; anyone who can change
+one of them can run commands as the agent. Only a regular file inside the machine directory is read as its ``machine.yaml``, in a
+thread (:func:`machinery.spec.validate.read_manifest_bytes`): a FIFO, device or link out of the
+directory makes the machine ``invalid`` without stalling the others.
 """
 
 from __future__ import annotations
@@ -33,18 +37,27 @@ from machinery.core.clock import TimerHandle
 from machinery.core.inotify import Subscription
 from machinery.core.machine import Machine, MachineStatus
 from machinery.core.node import Node
+from machinery.core.permissions import command_problem, permission_problem, stat_problem
 from machinery.lang.cmdline import split_command
 from machinery.lang.template import TemplateError
 from machinery.spec.diagnostics import Diagnostic
 from machinery.spec.validate import (
     MANIFEST_NAME,
     Manifest,
+    ManifestReadError,
     check_manifest_text,
     read_manifest_bytes,
 )
 from machinery.watchers.registry import WatcherRegistry
 
-__all__ = ["EntryStatus", "MachineEntry", "StoreManager", "eligible_name", "permission_problem"]
+__all__ = [
+    "EntryStatus",
+    "MachineEntry",
+    "StoreManager",
+    "command_problem",
+    "eligible_name",
+    "permission_problem",
+]
 
 log = logging.getLogger("machinery.store")
 
@@ -64,16 +77,6 @@ class EntryStatus(enum.StrEnum):
 def eligible_name(name: str) -> bool:
     """Store entries that are staging areas, not machines: ``.x``, ``tmp*``, ``*-temp``."""
     return not (name.startswith((".", "tmp")) or name.endswith("-temp"))
-
-
-def permission_problem(path: Path, uid: int) -> str | None:
-    """Why ``path`` is unsafe to run from, or None: it must be owned by ``uid`` or root and not
-    writable by group or others (anyone who can write a manifest can run commands as us)."""
-    try:
-        st = path.stat()
-    except OSError as exc:
-        return f"cannot check {path}: {exc.strerror}"
-    return _stat_problem(str(path), st, uid)
 
 
 class _AnyName(Collection[str]):
@@ -105,31 +108,6 @@ def static_program(command: str) -> str | None:
     if not words or not words[0].template.is_static:
         return None
     return words[0].template.source or None
-
-
-def command_problem(directory: Path, program: str, uid: int) -> tuple[Path, str] | None:
-    """Whether ``program`` (a command's first word), if a relative path with a ``/`` (so inside
-    ``directory``: see :func:`machinery.core.process.resolve_program`), is unsafe to run: the
-    file or a directory leading to it inside ``directory`` fails :func:`permission_problem`.
-    Returns the path at fault and why, or None: safe, missing, a bare name or absolute."""
-    if "/" not in program or os.path.isabs(program):
-        return None
-    path = directory / program
-    if not os.path.exists(path):
-        return None  # the watcher reports "command not found" when it runs
-    problem = permission_problem(path, uid)
-    if problem is not None:
-        return path, problem
-    parts = os.path.normpath(program).split(os.sep)[:-1]
-    if parts and parts[0] == "..":
-        return None  # outside the machine directory: only the file itself is ours to judge
-    folder = directory
-    for part in parts:
-        folder = folder / part
-        problem = permission_problem(folder, uid)
-        if problem is not None:
-            return folder, problem
-    return None
 
 
 def executable_problem(directory: Path, uid: int) -> tuple[Path, str] | None:
@@ -169,20 +147,12 @@ def executable_problem(directory: Path, uid: int) -> tuple[Path, str] | None:
                 continue  # gone, or a dangling link
             if not stat.S_ISREG(info.st_mode) or not info.st_mode & 0o111:
                 continue
-            problem = _stat_problem(entry.path, info, uid)
+            problem = stat_problem(entry.path, info, uid)
             if problem is not None:
                 return Path(entry.path), problem
             at_fault = folder_problem(folder)
             if at_fault is not None:
                 return at_fault
-    return None
-
-
-def _stat_problem(path: str, st: os.stat_result, uid: int) -> str | None:
-    if st.st_uid not in (uid, 0):
-        return f"{path} is owned by uid {st.st_uid}, not by the agent's user ({uid}) or root"
-    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        return f"{path} is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})"
     return None
 
 
@@ -212,9 +182,10 @@ class MachineEntry:
     diagnostics: list[Diagnostic] = field(default_factory=list)
     problem: str | None = None
     refused: bool = False
-    # The command or executable that made the last load refuse the machine, and how the refusal
-    # read: looked at again first, so a machine still refused costs no parse.
-    unsafe_file: tuple[Path, str] | None = None
+    # The command or executable that made the last load refuse the machine, how the refusal
+    # read, and the program as the manifest names it (None for an executable): looked at again
+    # first, so a machine still refused costs no parse.
+    unsafe_file: tuple[Path, str, str | None] | None = None
     loaded_at: float = 0.0
     subscription: Subscription | None = None
 
@@ -355,6 +326,8 @@ class StoreManager:
                     )
                 for directory in self._list():
                     await self._reconcile(directory)
+                # Ready means started: the machines' tasks take their first step first.
+                await asyncio.sleep(0)
                 self.ready.set()
                 log.info("store %s: %d machines loaded", self.store, len(self.machines()))
                 tasks.create_task(self._reconcile_loop(), name="store reconcile")
@@ -512,7 +485,19 @@ class StoreManager:
             return
         entry.stamp = stamp
         try:
-            raw = read_manifest_bytes(entry.manifest_path)  # a huge file: refused, not held
+            # In a thread: a slow disk stalls no machine (and what is not a regular file is
+            # refused without a read). A huge file is refused, not held.
+            raw = await asyncio.to_thread(read_manifest_bytes, entry.manifest_path)
+        except ManifestReadError as exc:
+            # Not a manifest at all (a FIFO, a device, a link out of the directory): whatever
+            # ran from the file that was there before stops, as when the file is removed.
+            if entry.machine is not None:
+                await self._stop(entry, "its machine.yaml is not a regular file in its directory")
+            problem = f"{entry.manifest_path}: cannot read: {exc.strerror}"
+            if entry.problem != problem:
+                log.error("Could not load Autonomous Agent from %s: %s", directory, problem)
+            entry.sha256, entry.diagnostics, entry.problem = None, [], problem
+            return
         except OSError as exc:
             entry.problem = f"{entry.manifest_path}: cannot read: {exc.strerror}"
             return
@@ -539,18 +524,22 @@ class StoreManager:
         if entry.unsafe_file is not None:
             # Refused for a program last time: while the manifest is the same and that program
             # still unsafe, the answer is known without loading the manifest again.
-            path, context = entry.unsafe_file
+            path, context, program = entry.unsafe_file
             if stamp == entry.stamp and os.path.lexists(path):
-                problem = permission_problem(path, self._uid)
+                if program is None:
+                    problem = permission_problem(path, self._uid)
+                else:
+                    found = command_problem(directory, program, self._uid)
+                    problem = None if found is None else found[1]
                 if problem is not None:
                     return context + problem
             entry.unsafe_file = None
         return None
 
-    def _command_refusal(self, manifest: Manifest) -> tuple[Path, str, str] | None:
+    def _command_refusal(self, manifest: Manifest) -> tuple[Path, str, str, str | None] | None:
         """The first program or executable of a checked manifest that is unsafe to run (see
-        the module docstring): the path at fault, what to say before its problem, and the
-        problem."""
+        the module docstring): the path at fault, what to say before its problem, the problem,
+        and the program as the manifest names it (None for an executable)."""
         directory = manifest.directory
         for watcher, properties in zip(manifest.spec.watchers, manifest.properties, strict=False):
             key = COMMAND_PROPERTIES.get(watcher.type)
@@ -563,10 +552,10 @@ class StoreManager:
                 continue  # a template: what it runs is known only once rendered
             found = command_problem(directory, program, self._uid)
             if found is not None:
-                return found[0], f"watcher {watcher.name!r} runs {program}: ", found[1]
+                return found[0], f"watcher {watcher.name!r} runs {program}: ", found[1], program
         found = executable_problem(directory, self._uid)
         if found is not None:
-            return found[0], "executable in the machine directory: ", found[1]
+            return found[0], "executable in the machine directory: ", found[1], None
         return None
 
     async def _load(self, entry: MachineEntry, raw: bytes, sha: str) -> None:
@@ -597,11 +586,11 @@ class StoreManager:
         if self.check_permissions:
             unsafe = self._command_refusal(manifest)
             if unsafe is not None:
-                path, context, problem = unsafe
+                path, context, problem, program = unsafe
                 refusal = context + problem
                 log.error("refusing machine in %s: %s", entry.directory, refusal)
                 entry.refused, entry.problem, entry.sha256 = True, refusal, None
-                entry.unsafe_file = path, context
+                entry.unsafe_file = path, context, program
                 return
         clash = self._by_name.get(manifest.name)
         if clash is not None and clash is not entry and clash.machine is not None:

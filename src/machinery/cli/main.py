@@ -42,14 +42,14 @@ _LOG_HANDLER = "machinery-console"
 
 def setup_logging(level: str = "info", fmt: str = "text") -> None:
     """Console logging in Choria's spirit: time, level, ``machine#component: message``."""
+    from machinery.cli.logformat import JsonFormatter, TextFormatter
+
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
-        from machinery.cli.logformat import JsonFormatter
-
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", datefmt="%H:%M:%S")
+            TextFormatter("%(asctime)s %(levelname)-7s %(message)s", datefmt="%H:%M:%S")
         )
     handler.set_name(_LOG_HANDLER)
     root = logging.getLogger()
@@ -284,7 +284,15 @@ def status(
         typer.echo(json.dumps(machines, indent=2))
         return
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
+
+    from machinery.cli.logformat import escape_control
+
+    def shown(value: object) -> str:
+        # What the agent reports comes from directory names and manifests: no control
+        # character reaches the terminal, and no text is taken for rich's markup.
+        return escape(escape_control(str(value)))
 
     table = Table("machine", "version", "status", "state", "since", "transitions", box=None)
     for entry in machines:
@@ -294,18 +302,18 @@ def status(
 
             since = _time.strftime("%Y-%m-%d %H:%M:%S", _time.localtime(entry["start_time"]))
         table.add_row(
-            entry["name"],
-            entry.get("version") or "",
-            entry["status"],
-            entry.get("state") or "",
+            shown(entry["name"]),
+            shown(entry.get("version") or ""),
+            shown(entry["status"]),
+            shown(entry.get("state") or ""),
             since,
-            ", ".join(entry.get("available_transitions") or []),
+            shown(", ".join(entry.get("available_transitions") or [])),
         )
     console = Console(width=200)
     console.print(table)
     for entry in machines:
         for error in entry.get("errors") or []:
-            console.print(f"[red]{entry['name']}[/red]: {error}", highlight=False)
+            console.print(f"[red]{shown(entry['name'])}[/red]: {shown(error)}", highlight=False)
 
 
 @app.command()

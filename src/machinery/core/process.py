@@ -24,12 +24,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from machinery.core.permissions import command_problem, permission_problem
+
 __all__ = [
     "DEFAULT_OUTPUT_LIMIT",
     "CommandRequest",
     "CommandResult",
     "CommandRunner",
     "ProcessRunner",
+    "program_problem",
     "resolve_program",
 ]
 
@@ -101,6 +104,21 @@ def resolve_program(program: str, directory: Path, path_env: str | None = None) 
     return candidate if _executable(candidate) else None
 
 
+def program_problem(program: str, resolved: Path, directory: Path) -> str | None:
+    """Why the store would refuse to run ``program`` (a command's first word, as rendered),
+    found at ``resolved`` for a machine in ``directory``, or None (see
+    :mod:`machinery.core.permissions`). A relative path must resolve inside ``directory`` and be
+    safe there; a bare name found in ``directory`` must be safe; absolute paths and programs
+    found in PATH are the operator's choice, as at load."""
+    uid = os.geteuid()
+    if "/" in program and not os.path.isabs(program):
+        found = command_problem(directory, program, uid)
+        return None if found is None else found[1]
+    if "/" not in program and resolved.parent == directory:
+        return permission_problem(resolved, uid)
+    return None
+
+
 def _executable(path: Path) -> bool:
     return path.is_file() and os.access(path, os.X_OK)
 
@@ -108,8 +126,13 @@ def _executable(path: Path) -> bool:
 class ProcessRunner:
     """Runs real processes with asyncio (see the module docstring for the rules)."""
 
-    def __init__(self, *, kill_grace: float = KILL_GRACE) -> None:
+    def __init__(self, *, kill_grace: float = KILL_GRACE, check_programs: bool = False) -> None:
         self.kill_grace = kill_grace
+        # The store's ownership and permission rules, applied to the rendered program of every
+        # command (the agent turns this on with its ``check_permissions`` setting): a templated
+        # program is known only now, and a script may have changed since its machine loaded.
+        self.check_programs = check_programs
+        self.refused = 0
         self.timeouts = 0
         self.kills = 0
 
@@ -123,6 +146,11 @@ class ProcessRunner:
         program = resolve_program(request.argv[0], request.cwd, request.env.get("PATH"))
         if program is None:
             return CommandResult(None, error=f"command not found: {request.argv[0]}")
+        if self.check_programs:
+            unsafe = program_problem(request.argv[0], program, request.cwd)
+            if unsafe is not None:
+                self.refused += 1
+                return CommandResult(None, error=f"refusing to run {request.argv[0]}: {unsafe}")
         capture = request.capture and not request.disown
         loop = asyncio.get_running_loop()
         try:

@@ -8,8 +8,11 @@ See ``docs/manifest.md`` for the full list.
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
 import re
+import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path as FsPath
@@ -33,6 +36,7 @@ from machinery.spec.yamlfile import MAX_FILE_BYTES, Path, YamlDocument, load_yam
 __all__ = [
     "MANIFEST_NAME",
     "Manifest",
+    "ManifestReadError",
     "check_manifest",
     "check_manifest_text",
     "load_manifest",
@@ -84,11 +88,67 @@ def load_manifest(path: str | FsPath, kinds: Mapping[str, WatcherKind]) -> Manif
     return manifest
 
 
+class ManifestReadError(OSError):
+    """A manifest that is not read at all: not a regular file, or a link out of its directory.
+    An :class:`OSError` whose ``strerror`` says why, so it reads like any other read error."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(errno.EINVAL, message)
+
+
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def _not_regular(mode: int) -> str | None:
+    if stat.S_ISREG(mode):
+        return None
+    kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a file")
+    return f"not a regular file ({kind})"
+
+
 def read_manifest_bytes(file: FsPath) -> bytes:
     """A manifest's bytes, at most one more than :data:`MAX_FILE_BYTES`: enough to tell that a
-    file is too large without reading (or holding) all of it."""
-    with open(file, "rb") as handle:
-        return handle.read(MAX_FILE_BYTES + 1)
+    file is too large without reading (or holding) all of it.
+
+    Only a regular file inside its own directory is read: a symbolic link is followed only when
+    it resolves inside the manifest's directory, and a FIFO, socket, device or directory is
+    refused (:class:`ManifestReadError`) without waiting for a writer or touching the device.
+    The error never quotes the file or says where a link points.
+    """
+    directory = os.path.realpath(file.parent)
+    real = os.path.realpath(file)
+    if real != directory and not real.startswith(directory.rstrip(os.sep) + os.sep):
+        raise ManifestReadError("a symbolic link out of its directory (not followed)")
+    # Refuse what is not a regular file before opening it (opening a device can act on it),
+    # then check again what was opened: it may have been replaced in between.
+    problem = _not_regular(os.stat(real).st_mode)
+    if problem is not None:
+        raise ManifestReadError(problem)
+    # No blocking on a FIFO swapped in meanwhile, no controlling terminal, no link followed.
+    descriptor = os.open(
+        real, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC
+    )
+    try:
+        problem = _not_regular(os.fstat(descriptor).st_mode)
+        if problem is not None:
+            raise ManifestReadError(problem)
+        chunks: list[bytes] = []
+        left = MAX_FILE_BYTES + 1
+        while left > 0:
+            chunk = os.read(descriptor, min(left, 1024 * 1024))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(descriptor)
 
 
 def check_manifest(
