@@ -444,3 +444,19 @@ async def test_a_failing_get_fact_is_an_error(tmp_path: Path) -> None:
         assert error is not None
         assert error.startswith("success_when: get_fact(): ")
         assert error.endswith("(at character 1)")
+
+
+async def test_now_reads_the_node_clock(tmp_path: Path) -> None:
+    # A backup older than a day is stale: decided on the fake clock, not the host's.
+    properties = """\
+success_when: now() - date(data.backup) < duration("24h")
+fail_when: now() - date(data.backup) >= duration("24h")
+"""
+    clock = FakeClock(start=1_767_225_600.0)  # 2026-01-01T00:00:00Z
+    machine = make_machine(machine_dir(tmp_path, properties), clock=clock)
+    machine.data.put("backup", "2025-12-31T12:00:00Z")
+    async with running(machine):
+        await clock.advance(10)
+        assert machine.state == "on"
+        await clock.advance(12 * 3600)  # now 36 hours after the backup
+        assert machine.state == "off"

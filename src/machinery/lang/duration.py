@@ -12,7 +12,13 @@ from __future__ import annotations
 import math
 import re
 
-__all__ = ["DurationError", "format_go_duration", "parse_duration"]
+__all__ = [
+    "DurationError",
+    "format_go_duration",
+    "format_go_duration_ns",
+    "parse_duration",
+    "parse_go_duration",
+]
 
 _UNIT_SECONDS: dict[str, float] = {
     "ns": 1e-9,
@@ -95,7 +101,11 @@ def parse_duration(text: str) -> float:
 
 def format_go_duration(seconds: float) -> str:
     """Format seconds as Go's ``time.Duration.String()`` does (``1h30m0s``, ``500ms``, ``0s``)."""
-    nanos = round(seconds * 1e9)
+    return format_go_duration_ns(round(seconds * 1e9))
+
+
+def format_go_duration_ns(nanos: int) -> str:
+    """Format whole nanoseconds as Go's ``time.Duration.String()`` does."""
     if nanos == 0:
         return "0s"
     sign = "-" if nanos < 0 else ""
@@ -121,3 +131,59 @@ def _fraction(value: int, unit: int) -> str:
         return str(whole)
     digits = len(str(unit)) - 1
     return f"{whole}.{frac:0{digits}d}".rstrip("0")
+
+
+_GO_UNIT_NANOS: dict[str, int] = {
+    "ns": 1,
+    "us": 1_000,
+    "µs": 1_000,
+    "μs": 1_000,
+    "ms": 1_000_000,
+    "s": 1_000_000_000,
+    "m": 60_000_000_000,
+    "h": 3_600_000_000_000,
+}
+_GO_TERM = re.compile(r"([0-9]*)(?:\.([0-9]*))?(ns|us|µs|μs|ms|s|m|h)")
+_INT64_MAX = (1 << 63) - 1
+
+
+def parse_go_duration(text: str) -> int:
+    """Parse ``text`` exactly as Go's ``time.ParseDuration`` does, into whole nanoseconds.
+
+    Only Go's units (``ns us µs ms s m h``), an optional sign, and ``0`` without a unit;
+    fractions are truncated to the nanosecond as Go does.
+    """
+    body = text
+    negative = False
+    if body[:1] in ("-", "+"):
+        negative = body[0] == "-"
+        body = body[1:]
+    if body == "0":
+        return 0
+    if body == "":
+        raise DurationError(f"time: invalid duration {_go_quote(text)}")
+    total = 0
+    pos = 0
+    while pos < len(body):
+        match = _GO_TERM.match(body, pos)
+        if match is None or (match.group(1) == "" and not match.group(2)):
+            if match is None and _GO_TERM_NO_UNIT.match(body, pos):
+                raise DurationError(f"time: missing unit in duration {_go_quote(text)}")
+            raise DurationError(f"time: invalid duration {_go_quote(text)}")
+        whole, fraction, unit = match.group(1), match.group(2) or "", match.group(3)
+        size = _GO_UNIT_NANOS[unit]
+        value = int(whole or "0") * size
+        if fraction:
+            value += int(fraction) * size // 10 ** len(fraction)
+        total += value
+        if total > _INT64_MAX + (1 if negative else 0):
+            raise DurationError(f"time: invalid duration {_go_quote(text)}")
+        pos = match.end()
+    return -total if negative else total
+
+
+_GO_TERM_NO_UNIT = re.compile(r"[0-9.]+$")
+
+
+def _go_quote(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'

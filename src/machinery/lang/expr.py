@@ -65,19 +65,37 @@ at most 100 levels deep, ranges (``1..10``) of at most 100,000 elements, strings
 expression of at most 1 MiB, and at most 1,000,000 predicate iterations, range elements and
 concatenated array elements per evaluation.
 
-Not supported: ``let`` variables, ``$env``, ``reduce``/``sortBy``/``groupBy``, date and duration
-functions, ``if``/``else`` expressions, and expr-lang's compile-time type checking beyond
-names (a type error shows when the expression is evaluated).
+Also ``let`` variables (``let x = 1; x + 1``), ``if cond { a } else { b }``, ``$env``, and
+expr-lang v1.17's whole library of built-ins, including ``reduce``/``sortBy``/``groupBy`` (``#acc``
+is reduce's accumulator) and Go's time values (:mod:`machinery.lang.gotime`): ``now()`` reads the
+clock :meth:`Expression.evaluate` is given. Not supported: expr-lang's compile-time type checking
+beyond names (a type error shows when the expression is evaluated) and its compile options
+(undefined variables, operator overloading).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import math
 import re
+import time
 from collections.abc import Callable, Collection, Mapping, Sequence
+from decimal import Decimal
 from typing import Any, Final, NoReturn
 
-from machinery.lang.gofmt import go_sprint
+from machinery.lang.duration import DurationError, parse_go_duration
+from machinery.lang.gofmt import go_sprint, sorted_map_items
+from machinery.lang.gotime import (
+    DATE_LAYOUTS,
+    GoDuration,
+    GoLocation,
+    GoTime,
+    TimeError,
+    load_location,
+    parse_time,
+)
 from machinery.lang.regex import RegexError, compile_regex
 from machinery.spec.diagnostics import did_you_mean
 
@@ -128,6 +146,12 @@ def _type_name(value: object) -> str:
         return "array"
     if isinstance(value, Mapping):
         return "map"
+    if isinstance(value, GoTime):
+        return "time.Time"
+    if isinstance(value, GoDuration):
+        return "time.Duration"
+    if isinstance(value, GoLocation):
+        return "*time.Location"
     if callable(value):
         return "func"
     return type(value).__name__
@@ -160,7 +184,11 @@ def _float(value: int | float) -> float:
 
 
 def _text(value: object) -> str:
-    return value if isinstance(value, str) else go_sprint(value)
+    if isinstance(value, str):
+        return value
+    if isinstance(value, GoTime | GoDuration | GoLocation):
+        return str(value)
+    return go_sprint(value)
 
 
 def _check_string(value: str) -> str:
@@ -198,12 +226,15 @@ def _mismatch(op: str, a: object, b: object) -> _Fault:
 
 
 class _Context:
-    """One evaluation: the environment and the work done so far."""
+    """One evaluation: the environment, ``let`` variables in scope, the clock ``now()`` reads,
+    and the work done so far."""
 
-    __slots__ = ("cost", "env")
+    __slots__ = ("clock", "cost", "env", "variables")
 
-    def __init__(self, env: Mapping[str, object]) -> None:
+    def __init__(self, env: Mapping[str, object], clock: Callable[[], float]) -> None:
         self.env = env
+        self.clock = clock
+        self.variables: dict[str, object] = {}
         self.cost = 0
 
     def charge(self, amount: int) -> None:
@@ -212,8 +243,8 @@ class _Context:
             raise _Fault(f"expression evaluation is too expensive (more than {MAX_COST} steps)")
 
 
-# A predicate's frame: (current element, its index, the enclosing frame).
-_Frame = tuple[object, int, Any] | None
+# A predicate's frame: (current element, its index, the enclosing frame[, reduce's accumulator]).
+_Frame = tuple[Any, ...] | None
 
 
 # -- operators ---------------------------------------------------------------------------
@@ -222,6 +253,12 @@ _Frame = tuple[object, int, Any] | None
 def _op_add(a: object, b: object, ctx: _Context) -> object:
     if type(a) is int and type(b) is int:
         return _wrap(a + b)
+    if isinstance(a, GoTime) and isinstance(b, GoDuration):
+        return GoTime(a.nanos + b.nanos, a.location)
+    if isinstance(a, GoDuration) and isinstance(b, GoTime):
+        return GoTime(b.nanos + a.nanos, b.location)
+    if isinstance(a, GoDuration) and isinstance(b, GoDuration):
+        return GoDuration(_wrap(a.nanos + b.nanos))
     if _is_number(a) and _is_number(b):
         return _float(a) + _float(b)  # type: ignore[arg-type]
     if isinstance(a, str) and isinstance(b, str):
@@ -236,6 +273,12 @@ def _op_add(a: object, b: object, ctx: _Context) -> object:
 def _op_sub(a: object, b: object, ctx: _Context) -> object:
     if type(a) is int and type(b) is int:
         return _wrap(a - b)
+    if isinstance(a, GoTime) and isinstance(b, GoTime):
+        return GoDuration(_wrap(a.nanos - b.nanos))
+    if isinstance(a, GoTime) and isinstance(b, GoDuration):
+        return GoTime(a.nanos - b.nanos, a.location)
+    if isinstance(a, GoDuration) and isinstance(b, GoDuration):
+        return GoDuration(_wrap(a.nanos - b.nanos))
     if _is_number(a) and _is_number(b):
         return _float(a) - _float(b)  # type: ignore[arg-type]
     raise _mismatch("-", a, b)
@@ -244,12 +287,20 @@ def _op_sub(a: object, b: object, ctx: _Context) -> object:
 def _op_mul(a: object, b: object, ctx: _Context) -> object:
     if type(a) is int and type(b) is int:
         return _wrap(a * b)
+    # A duration is Go's int64: times an int it stays a duration, times a float it is a float.
+    if isinstance(a, GoDuration) and _is_number(b):
+        a, b = b, a
+    if isinstance(b, GoDuration) and _is_number(a):
+        if type(a) is int:
+            return GoDuration(_wrap(a * b.nanos))
+        return _float(a) * b.nanos  # type: ignore[arg-type]
     if _is_number(a) and _is_number(b):
         return _float(a) * _float(b)  # type: ignore[arg-type]
     raise _mismatch("*", a, b)
 
 
 def _op_div(a: object, b: object, ctx: _Context) -> object:
+    a, b = _duration_number(a), _duration_number(b)
     if not (_is_number(a) and _is_number(b)):
         raise _mismatch("/", a, b)
     x, y = _float(a), _float(b)  # type: ignore[arg-type]
@@ -322,9 +373,15 @@ def _op_ne(a: object, b: object, ctx: _Context) -> object:
     return not _equal(a, b)
 
 
+def _duration_number(value: object) -> object:
+    return value.nanos if isinstance(value, GoDuration) else value
+
+
 def _ordered(op: str, a: object, b: object) -> tuple[Any, Any]:
     if (_is_number(a) and _is_number(b)) or (isinstance(a, str) and isinstance(b, str)):
         return a, b
+    if isinstance(a, GoTime | GoDuration) and type(a) is type(b):
+        return a.nanos, b.nanos
     raise _mismatch(op, a, b)
 
 
@@ -495,18 +552,72 @@ class _Ident(_Node):
             raise ExpressionError(f"unknown name {self.name!r}", self.offset) from None
 
 
+class _Variable(_Node):
+    """A name bound by ``let``."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str, offset: int) -> None:
+        self.name = name
+        self.offset = offset
+
+    def ev(self, ctx: _Context, frame: _Frame) -> object:
+        return ctx.variables[self.name]
+
+
+class _Let(_Node):
+    """``let name = value; body``: ``name`` is ``value`` while ``body`` is evaluated."""
+
+    __slots__ = ("body", "name", "value")
+
+    def __init__(self, name: str, value: _Node, body: _Node, offset: int) -> None:
+        self.name = name
+        self.value = value
+        self.body = body
+        self.offset = offset
+
+    def ev(self, ctx: _Context, frame: _Frame) -> object:
+        variables = ctx.variables
+        missing = object()
+        outer = variables.get(self.name, missing)
+        variables[self.name] = self.value.ev(ctx, frame)
+        try:
+            return self.body.ev(ctx, frame)
+        finally:
+            if outer is missing:
+                del variables[self.name]
+            else:
+                variables[self.name] = outer
+
+
+class _Environment(_Node):
+    """``$env``: every name the expression was given, as a map."""
+
+    __slots__ = ()
+
+    def __init__(self, offset: int) -> None:
+        self.offset = offset
+
+    def ev(self, ctx: _Context, frame: _Frame) -> object:
+        return ctx.env
+
+
 class _Pointer(_Node):
-    """``#`` (the predicate's current element) or ``#index``."""
+    """``#`` (the predicate's current element), ``#index`` or ``#acc`` (reduce's accumulator)."""
 
-    __slots__ = ("index",)
+    __slots__ = ("slot",)
 
-    def __init__(self, index: bool, offset: int) -> None:
-        self.index = index
+    _SLOTS: Final = {"#": 0, "#index": 1, "#acc": 3}
+
+    def __init__(self, name: str, offset: int) -> None:
+        self.slot = self._SLOTS[name]
         self.offset = offset
 
     def ev(self, ctx: _Context, frame: _Frame) -> object:
         assert frame is not None  # the parser allows pointers only inside predicates
-        return frame[1] if self.index else frame[0]
+        if self.slot >= len(frame):
+            raise ExpressionError("#acc is only defined inside reduce", self.offset)
+        return frame[self.slot]
 
 
 class _Unary(_Node):
@@ -529,6 +640,8 @@ class _Unary(_Node):
             return _wrap(-value) if self.op == "-" else value
         if isinstance(value, float):
             return -value if self.op == "-" else value
+        if isinstance(value, GoDuration):
+            return GoDuration(_wrap(-value.nanos)) if self.op == "-" else value
         raise ExpressionError(
             f"invalid operation: {self.op} (mismatched type {_type_name(value)})", self.offset
         )
@@ -647,6 +760,11 @@ class _Map(_Node):
 
 
 def _fetch(value: object, key: object) -> object:
+    if isinstance(value, GoTime | GoDuration | GoLocation) and isinstance(key, str):
+        method = value.member(key)
+        if method is None:
+            raise _Fault(f"type {_type_name(value)} has no field or method {key}")
+        return method
     if isinstance(value, Mapping):
         try:
             return value.get(key)
@@ -794,15 +912,26 @@ class _BuiltinCall(_Node):
 
 
 class _PredicateCall(_Node):
-    """``all(items, predicate)`` and friends: the predicate runs once per element."""
+    """``all(items, predicate)`` and friends: the predicate runs once per element.
 
-    __slots__ = ("items", "name", "predicate")
+    ``extra`` is reduce's initial value or sortBy's order, when given.
+    """
 
-    def __init__(self, name: str, items: _Node, predicate: _Node | None, offset: int) -> None:
+    __slots__ = ("extra", "items", "name", "predicate")
+
+    def __init__(
+        self,
+        name: str,
+        items: _Node,
+        predicate: _Node | None,
+        offset: int,
+        extra: _Node | None = None,
+    ) -> None:
         self.name = name
         self.items = items
         self.predicate = predicate
         self.offset = offset
+        self.extra = extra
 
     def _fail(self, message: str) -> NoReturn:
         raise ExpressionError(f"{self.name}(): {message}", self.offset)
@@ -854,6 +983,12 @@ class _PredicateCall(_Node):
                 if self._test(ctx, frame, items[i], i):
                     return items[i] if name == "findLast" else i
             return None if name == "findLast" else -1
+        if name == "reduce":
+            return self._reduce(ctx, frame, items)
+        if name == "groupBy":
+            return self._group_by(ctx, frame, items)
+        if name == "sortBy":
+            return self._sort_by(ctx, frame, items)
         assert name == "sum"
         values = (
             list(items)
@@ -864,6 +999,43 @@ class _PredicateCall(_Node):
             return _sum(values)
         except _Fault as fault:
             raise ExpressionError(f"sum(): {fault}", self.offset) from None
+
+    def _reduce(self, ctx: _Context, frame: _Frame, items: Sequence[object]) -> object:
+        assert self.predicate is not None
+        start = 0
+        if self.extra is not None:
+            accumulator = self.extra.ev(ctx, frame)
+        elif items:
+            accumulator, start = items[0], 1
+        else:
+            self._fail("reduce of empty array with no initial value")
+        for i in range(start, len(items)):
+            accumulator = self.predicate.ev(ctx, (items[i], i, frame, accumulator))
+        return accumulator
+
+    def _group_by(self, ctx: _Context, frame: _Frame, items: Sequence[object]) -> object:
+        assert self.predicate is not None
+        groups: dict[Any, list[object]] = {}
+        for i, item in enumerate(items):
+            key = self.predicate.ev(ctx, (item, i, frame))
+            try:
+                groups.setdefault(key, []).append(item)
+            except TypeError:
+                self._fail(f"cannot use {_type_name(key)} as map key")
+        return groups
+
+    def _sort_by(self, ctx: _Context, frame: _Frame, items: Sequence[object]) -> object:
+        assert self.predicate is not None
+        order = "asc" if self.extra is None else self.extra.ev(ctx, frame)
+        if order not in ("asc", "desc"):
+            self._fail(f"unknown order {_text(order)}, use asc or desc")
+        keys = [self.predicate.ev(ctx, (item, i, frame)) for i, item in enumerate(items)]
+        try:
+            ranked = _sortable(keys)
+        except _Fault as fault:
+            self._fail(str(fault))
+        positions = sorted(range(len(items)), key=ranked.__getitem__, reverse=order == "desc")
+        return [items[i] for i in positions]
 
 
 # -- built-in functions ------------------------------------------------------------------
@@ -996,12 +1168,14 @@ def _b_join(args: list[object], ctx: _Context) -> object:
 
 
 def _b_replace(args: list[object], ctx: _Context) -> object:
-    text, old, new = (_need_string(a) for a in args)
+    text, old, new = (_need_string(a) for a in args[:3])
     if old and len(new) > len(old) and text.count(old) * (len(new) - len(old)) > MAX_STRING:
         raise _Fault(f"string too long (at most {MAX_STRING} characters)")
     if not old and (len(text) + 1) * len(new) > MAX_STRING:
         raise _Fault(f"string too long (at most {MAX_STRING} characters)")
-    return _check_string(text.replace(old, new))
+    # Go's strings.Replace takes a count (negative: every one); ReplaceAll has none.
+    count = -1 if len(args) < 4 else _to_int(args[3], "replace count")
+    return _check_string(text.replace(old, new, count))
 
 
 def _b_has_prefix(args: list[object], ctx: _Context) -> object:
@@ -1026,30 +1200,398 @@ def _b_values(args: list[object], ctx: _Context) -> object:
     return list(_need_map(args[0]).values())
 
 
-def _numbers(args: list[object]) -> list[int | float]:
-    values = args
-    if len(args) == 1 and _is_array(args[0]):
-        values = list(args[0])  # type: ignore[call-overload]
-    if not values:
-        raise _Fault("no values")
-    for value in values:
-        if not _is_number(value):
-            raise _Fault(f"invalid argument (type {_type_name(value)})")
-    return values  # type: ignore[return-value]
+def _numbers(name: str, args: Sequence[object], ctx: _Context) -> list[int | float]:
+    """The numbers in ``args``, arrays flattened into them, as expr-lang's aggregates read them."""
+    values: list[int | float] = []
+    pending = list(reversed(args))
+    while pending:
+        value = pending.pop()
+        if _is_array(value):
+            ctx.charge(len(value))  # type: ignore[arg-type]
+            pending.extend(reversed(value))  # type: ignore[call-overload]
+        elif _is_number(value):
+            values.append(value)  # type: ignore[arg-type]
+        else:
+            raise _Fault(f"invalid argument for {name} (type {_type_name(value)})")
+    return values
 
 
 def _b_max(args: list[object], ctx: _Context) -> object:
-    return max(_numbers(args))
+    values = _numbers("max", args, ctx)
+    if not values:
+        raise _Fault("not enough arguments to call max")
+    return max(values)
 
 
 def _b_min(args: list[object], ctx: _Context) -> object:
-    return min(_numbers(args))
+    values = _numbers("min", args, ctx)
+    if not values:
+        raise _Fault("not enough arguments to call min")
+    return min(values)
+
+
+def _b_mean(args: list[object], ctx: _Context) -> object:
+    values = _numbers("mean", args, ctx)
+    return math.fsum(values) / len(values) if values else 0.0
+
+
+def _b_median(args: list[object], ctx: _Context) -> object:
+    values = sorted(_float(v) for v in _numbers("median", args, ctx))
+    count = len(values)
+    if not count:
+        return 0.0
+    middle = count // 2
+    return values[middle] if count % 2 else (values[middle - 1] + values[middle]) / 2
+
+
+def _byte_index(text: str, found: int) -> int:
+    return -1 if found < 0 else len(text[:found].encode())
+
+
+def _b_index_of(args: list[object], ctx: _Context) -> object:
+    text, part = _need_string(args[0]), _need_string(args[1])
+    return _byte_index(text, text.find(part))  # Go's strings.Index counts bytes
+
+
+def _b_last_index_of(args: list[object], ctx: _Context) -> object:
+    text, part = _need_string(args[0]), _need_string(args[1])
+    return _byte_index(text, text.rfind(part))
+
+
+def _b_repeat(args: list[object], ctx: _Context) -> object:
+    text = _need_string(args[0])
+    count = _to_int(args[1], "repeat count")
+    if count < 0:
+        raise _Fault(f"invalid argument for repeat (expected positive integer, got {count})")
+    if count > 1_000_000 or len(text) * count > MAX_STRING:
+        raise _Fault("memory budget exceeded")
+    return text * count
+
+
+def _b_split_after(args: list[object], ctx: _Context) -> object:
+    text = _need_string(args[0])
+    separator = _need_string(args[1])
+    limit = -1 if len(args) < 3 else _to_int(args[2], "split count")
+    if limit == 0:
+        return []
+    if separator == "":
+        return _b_split(args, ctx)
+    parts: list[str] = []
+    start = 0
+    while limit < 0 or len(parts) < limit - 1:
+        found = text.find(separator, start)
+        if found < 0:
+            break
+        parts.append(text[start : found + len(separator)])
+        start = found + len(separator)
+    parts.append(text[start:])
+    ctx.charge(len(parts))
+    return parts
+
+
+def _need_array(value: object, what: str = "") -> Sequence[object]:
+    if _is_array(value):
+        return value  # type: ignore[return-value]
+    raise _Fault(
+        f"cannot {what or 'use'} {_type_name(value)}"
+        if what
+        else f"expected an array, got {_type_name(value)}"
+    )
+
+
+def _b_take(args: list[object], ctx: _Context) -> object:
+    items = _need_array(args[0], "take from")
+    count = _to_int(args[1], "take count")
+    return list(items[: max(count, 0)])
+
+
+def _b_reverse(args: list[object], ctx: _Context) -> object:
+    return list(reversed(_need_array(args[0], "reverse")))
+
+
+def _b_concat(args: list[object], ctx: _Context) -> object:
+    result: list[object] = []
+    for value in args:
+        result.extend(_need_array(value, "concat"))
+    ctx.charge(len(result))
+    return result
+
+
+def _b_flatten(args: list[object], ctx: _Context) -> object:
+    result: list[object] = []
+    pending = [iter(_need_array(args[0], "flatten"))]
+    while pending:
+        for item in pending[-1]:
+            if _is_array(item):
+                pending.append(iter(item))  # type: ignore[call-overload]
+                break
+            result.append(item)
+            ctx.charge(1)
+        else:
+            pending.pop()
+    return result
+
+
+def _b_uniq(args: list[object], ctx: _Context) -> object:
+    result: list[object] = []
+    for item in _need_array(args[0], "uniq"):
+        ctx.charge(len(result))
+        if not any(_equal(item, seen) for seen in result):
+            result.append(item)
+    return result
+
+
+def _sortable(values: Sequence[object]) -> list[Any]:
+    """Sort keys for ``values``: all numbers, all strings, or all times/durations."""
+    if all(_is_number(v) for v in values) or all(isinstance(v, str) for v in values):
+        return list(values)
+    if all(isinstance(v, GoTime) for v in values) or all(isinstance(v, GoDuration) for v in values):
+        return [v.nanos for v in values]  # type: ignore[attr-defined]
+    kinds = sorted({_type_name(v) for v in values})
+    raise _Fault(f"cannot sort a mix of {', '.join(kinds)}")
+
+
+def _b_sort(args: list[object], ctx: _Context) -> object:
+    items = list(_need_array(args[0], "sort"))
+    order = "asc" if len(args) < 2 else args[1]
+    if order not in ("asc", "desc"):
+        raise _Fault(f"unknown order {_text(order)}, use asc or desc")
+    keys = _sortable(items)
+    positions = sorted(range(len(items)), key=keys.__getitem__, reverse=order == "desc")
+    return [items[i] for i in positions]
+
+
+def _b_to_pairs(args: list[object], ctx: _Context) -> object:
+    return [[key, value] for key, value in _need_map(args[0]).items()]
+
+
+def _b_from_pairs(args: list[object], ctx: _Context) -> object:
+    result: dict[Any, object] = {}
+    for pair in _need_array(args[0], "make a map from"):
+        if not isinstance(pair, list | tuple) or len(pair) != 2:
+            raise _Fault(f"invalid pair {_text(pair)}: expected [key, value]")
+        key: Any = pair[0]
+        value: object = pair[1]
+        try:
+            result[key] = value
+        except TypeError:
+            raise _Fault(f"cannot use {_type_name(key)} as map key") from None
+    return result
+
+
+def _b_to_json(args: list[object], ctx: _Context) -> object:
+    return _check_string(_go_json_indent(args[0], ""))
+
+
+def _b_from_json(args: list[object], ctx: _Context) -> object:
+    text = _need_string(args[0])
+    try:
+        return json.loads(text, parse_int=float, parse_constant=_refuse_constant)
+    except ValueError as exc:
+        raise _Fault(str(exc)) from None
+
+
+def _refuse_constant(name: str) -> object:
+    raise ValueError(f"invalid character {name[0]!r} looking for beginning of value")
+
+
+def _b_to_base64(args: list[object], ctx: _Context) -> object:
+    return base64.b64encode(_need_string(args[0]).encode()).decode()
+
+
+def _b_from_base64(args: list[object], ctx: _Context) -> object:
+    try:
+        raw = base64.b64decode(_need_string(args[0]).encode(), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise _Fault(f"illegal base64 data: {exc}") from None
+    return raw.decode("utf-8", "replace")
+
+
+def _bits(name: str, args: Sequence[object]) -> list[int]:
+    for value in args:
+        if not _is_int(value):
+            raise _Fault(f"cannot use {_type_name(value)} as argument (type int) to call {name}")
+    return list(args)  # type: ignore[arg-type]
+
+
+def _shift(name: str, args: Sequence[object]) -> tuple[int, int]:
+    value, count = _bits(name, args)
+    if count < 0:
+        raise _Fault(f"invalid operation: negative shift count {count} (type int)")
+    return value, count
+
+
+def _b_bitand(args: list[object], ctx: _Context) -> object:
+    a, b = _bits("bitand", args)
+    return a & b
+
+
+def _b_bitor(args: list[object], ctx: _Context) -> object:
+    a, b = _bits("bitor", args)
+    return a | b
+
+
+def _b_bitxor(args: list[object], ctx: _Context) -> object:
+    a, b = _bits("bitxor", args)
+    return a ^ b
+
+
+def _b_bitnand(args: list[object], ctx: _Context) -> object:
+    a, b = _bits("bitnand", args)
+    return a & ~b
+
+
+def _b_bitnot(args: list[object], ctx: _Context) -> object:
+    (a,) = _bits("bitnot", args)
+    return ~a
+
+
+def _b_bitshl(args: list[object], ctx: _Context) -> object:
+    value, count = _shift("bitshl", args)
+    return _wrap((value << min(count, 64)) & _U64_MASK)
+
+
+def _b_bitshr(args: list[object], ctx: _Context) -> object:
+    value, count = _shift("bitshr", args)
+    return value >> min(count, 64)
+
+
+def _b_bitushr(args: list[object], ctx: _Context) -> object:
+    value, count = _shift("bitushr", args)
+    return _wrap((value & _U64_MASK) >> min(count, 64))
+
+
+def _b_now(args: list[object], ctx: _Context) -> object:
+    moment = GoTime.from_unix(ctx.clock(), load_location("Local"))
+    if args:
+        return GoTime(moment.nanos, _need_location(args[0], "now"))
+    return moment
+
+
+def _need_location(value: object, name: str) -> GoLocation:
+    if isinstance(value, GoLocation):
+        return value
+    raise _Fault(f"cannot use {_type_name(value)} as argument (type *time.Location) to call {name}")
+
+
+def _b_duration(args: list[object], ctx: _Context) -> object:
+    try:
+        return GoDuration(parse_go_duration(_need_string(args[0])))
+    except DurationError as exc:
+        raise _Fault(str(exc)) from None
+
+
+def _b_date(args: list[object], ctx: _Context) -> object:
+    location = None
+    if args and isinstance(args[0], GoLocation):
+        location, args = args[0], args[1:]
+    if not args or len(args) > 3:
+        raise _Fault(f"invalid number of arguments (expected 1 to 3, got {len(args)})")
+    if args[0] is None:
+        raise _Fault("interface {} is nil, not string")
+    text = _need_string(args[0])
+    try:
+        if len(args) == 3:
+            location = load_location(_need_string(args[2]))
+        if len(args) >= 2:
+            return parse_time(_need_string(args[1]), text, location or load_location("UTC"))
+        for layout in DATE_LAYOUTS:
+            try:
+                return parse_time(layout, text, location or load_location("UTC"))
+            except TimeError:
+                continue
+    except TimeError as exc:
+        raise _Fault(str(exc)) from None
+    raise _Fault(f"invalid date {text}")
+
+
+def _b_timezone(args: list[object], ctx: _Context) -> object:
+    if args[0] is None:
+        raise _Fault("cannot use nil as argument (type string) to call timezone")
+    try:
+        return load_location(_need_string(args[0]))
+    except TimeError as exc:
+        raise _Fault(str(exc)) from None
+
+
+def _go_json_indent(value: object, indent: str) -> str:
+    """Go's ``json.MarshalIndent(value, "", "  ")``."""
+    inner = indent + "  "
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return _go_json_number(value)
+    if isinstance(value, str):
+        return _go_json_string(value)
+    if isinstance(value, GoTime):
+        return _go_json_string(value.member("Format")("2006-01-02T15:04:05.999999999Z07:00"))  # type: ignore[misc]
+    if isinstance(value, GoDuration):
+        return str(value.nanos)
+    if isinstance(value, GoLocation):
+        return "{}"
+    if _is_array(value):
+        if not value:
+            return "[]"
+        items = [inner + _go_json_indent(item, inner) for item in value]  # type: ignore[attr-defined]
+        return "[\n" + ",\n".join(items) + "\n" + indent + "]"
+    if isinstance(value, Mapping):
+        if not value:
+            return "{}"
+        pairs = [
+            f"{inner}{_go_json_string(_text(key))}: {_go_json_indent(item, inner)}"
+            for key, item in sorted_map_items(value)
+        ]
+        return "{\n" + ",\n".join(pairs) + "\n" + indent + "}"
+    raise _Fault(f"json: unsupported type: {_type_name(value)}")
+
+
+def _go_json_number(value: float) -> str:
+    if not math.isfinite(value):
+        raise _Fault(f"json: unsupported value: {go_sprint(value)}")
+    magnitude = abs(value)
+    if magnitude != 0 and (magnitude < 1e-6 or magnitude >= 1e21):
+        mantissa, _, exponent = repr(value).partition("e")
+        sign = "-" if exponent.startswith("-") else "+"
+        return f"{mantissa.removesuffix('.0')}e{sign}{int(exponent.lstrip('+-')):d}"
+    text = format(Decimal(repr(value)), "f")
+    return text.removesuffix(".0") if "." in text and text.endswith(".0") else text
+
+
+_JSON_ESCAPES: Final = {
+    '"': '\\"',
+    "\\": "\\\\",
+    "\n": "\\n",
+    "\r": "\\r",
+    "\t": "\\t",
+    "<": "\\u003c",
+    ">": "\\u003e",
+    "&": "\\u0026",
+    "\u2028": "\\u2028",
+    "\u2029": "\\u2029",
+}
+
+
+def _go_json_string(text: str) -> str:
+    out = []
+    for char in text:
+        escaped = _JSON_ESCAPES.get(char)
+        if escaped is not None:
+            out.append(escaped)
+        elif char < " ":
+            out.append(f"\\u{ord(char):04x}")
+        else:
+            out.append(char)
+    return '"' + "".join(out) + '"'
 
 
 def _b_ceil(args: list[object], ctx: _Context) -> object:
     value = args[0]
     if _is_int(value):
-        return value
+        return _float(value)  # type: ignore[arg-type]
     if isinstance(value, float):
         return float(math.ceil(value)) if math.isfinite(value) else value
     raise _Fault(f"invalid argument for ceil (type {_type_name(value)})")
@@ -1058,7 +1600,7 @@ def _b_ceil(args: list[object], ctx: _Context) -> object:
 def _b_floor(args: list[object], ctx: _Context) -> object:
     value = args[0]
     if _is_int(value):
-        return value
+        return _float(value)  # type: ignore[arg-type]
     if isinstance(value, float):
         return float(math.floor(value)) if math.isfinite(value) else value
     raise _Fault(f"invalid argument for floor (type {_type_name(value)})")
@@ -1067,7 +1609,7 @@ def _b_floor(args: list[object], ctx: _Context) -> object:
 def _b_round(args: list[object], ctx: _Context) -> object:
     value = args[0]
     if _is_int(value):
-        return value
+        return _float(value)  # type: ignore[arg-type]
     if isinstance(value, float):
         if not math.isfinite(value):
             return value
@@ -1091,10 +1633,13 @@ def _b_last(args: list[object], ctx: _Context) -> object:
 
 
 def _b_get(args: list[object], ctx: _Context) -> object:
+    container = args[0]
+    if not (container is None or _is_array(container) or isinstance(container, str | Mapping)):
+        raise _Fault(f"type {_type_name(container)} does not support indexing")
     try:
-        return _fetch(args[0], args[1])
+        return _fetch(container, args[1])
     except _Fault:
-        return None
+        return None  # out of range or missing: nil, as expr-lang's get
 
 
 def _b_type(args: list[object], ctx: _Context) -> object:
@@ -1116,7 +1661,7 @@ _BUILTINS: Final[dict[str, tuple[_BuiltinFn, int, int, str]]] = {
     "trimSuffix": (_b_trim_suffix, 2, 2, "string"),
     "split": (_b_split, 2, 3, "array"),
     "join": (_b_join, 1, 2, "string"),
-    "replace": (_b_replace, 3, 3, "string"),
+    "replace": (_b_replace, 3, 4, "string"),
     "hasPrefix": (_b_has_prefix, 2, 2, "bool"),
     "hasSuffix": (_b_has_suffix, 2, 2, "bool"),
     "keys": (_b_keys, 1, 1, "array"),
@@ -1130,26 +1675,62 @@ _BUILTINS: Final[dict[str, tuple[_BuiltinFn, int, int, str]]] = {
     "last": (_b_last, 1, 1, ""),
     "get": (_b_get, 2, 2, ""),
     "type": (_b_type, 1, 1, "string"),
+    "mean": (_b_mean, 1, 1 << 16, "float"),
+    "median": (_b_median, 1, 1 << 16, "float"),
+    "indexOf": (_b_index_of, 2, 2, "int"),
+    "lastIndexOf": (_b_last_index_of, 2, 2, "int"),
+    "repeat": (_b_repeat, 2, 2, "string"),
+    "splitAfter": (_b_split_after, 2, 3, "array"),
+    "take": (_b_take, 2, 2, "array"),
+    "reverse": (_b_reverse, 1, 1, "array"),
+    "concat": (_b_concat, 1, 1 << 16, "array"),
+    "flatten": (_b_flatten, 1, 1, "array"),
+    "uniq": (_b_uniq, 1, 1, "array"),
+    "sort": (_b_sort, 1, 2, "array"),
+    "toPairs": (_b_to_pairs, 1, 1, "array"),
+    "fromPairs": (_b_from_pairs, 1, 1, "map"),
+    "toJSON": (_b_to_json, 1, 1, "string"),
+    "fromJSON": (_b_from_json, 1, 1, ""),
+    "toBase64": (_b_to_base64, 1, 1, "string"),
+    "fromBase64": (_b_from_base64, 1, 1, "string"),
+    "bitand": (_b_bitand, 2, 2, "int"),
+    "bitor": (_b_bitor, 2, 2, "int"),
+    "bitxor": (_b_bitxor, 2, 2, "int"),
+    "bitnand": (_b_bitnand, 2, 2, "int"),
+    "bitnot": (_b_bitnot, 1, 1, "int"),
+    "bitshl": (_b_bitshl, 2, 2, "int"),
+    "bitshr": (_b_bitshr, 2, 2, "int"),
+    "bitushr": (_b_bitushr, 2, 2, "int"),
+    "now": (_b_now, 0, 1, "time.Time"),
+    "duration": (_b_duration, 1, 1, "time.Duration"),
+    "date": (_b_date, 1, 4, "time.Time"),
+    "timezone": (_b_timezone, 1, 1, "*time.Location"),
 }
 
-# name: (predicate optional?, result kind)
-_PREDICATES: Final[dict[str, tuple[bool, str]]] = {
-    "all": (False, "bool"),
-    "any": (False, "bool"),
-    "none": (False, "bool"),
-    "one": (False, "bool"),
-    "filter": (False, "array"),
-    "map": (False, "array"),
-    "count": (True, "int"),
-    "find": (False, ""),
-    "findIndex": (False, "int"),
-    "findLast": (False, ""),
-    "findLastIndex": (False, "int"),
-    "sum": (True, "number"),
+# name: (predicate optional?, result kind, takes a further optional argument?)
+_PREDICATES: Final[dict[str, tuple[bool, str, bool]]] = {
+    "all": (False, "bool", False),
+    "any": (False, "bool", False),
+    "none": (False, "bool", False),
+    "one": (False, "bool", False),
+    "filter": (False, "array", False),
+    "map": (False, "array", False),
+    "count": (True, "int", False),
+    "find": (False, "", False),
+    "findIndex": (False, "int", False),
+    "findLast": (False, "", False),
+    "findLastIndex": (False, "int", False),
+    "sum": (True, "number", False),
+    "reduce": (False, "", True),
+    "groupBy": (False, "map", False),
+    "sortBy": (False, "array", True),
 }
 
 BUILTIN_FUNCTION_NAMES: Final[frozenset[str]] = frozenset(_BUILTINS) | frozenset(_PREDICATES)
 """Functions every expression can call; they take precedence over names in the environment."""
+
+# Words the grammar owns: never names of variables.
+_KEYWORDS: Final = frozenset({"let", "if", "else"})
 
 
 # -- lexer -------------------------------------------------------------------------------
@@ -1344,6 +1925,8 @@ class _Parser:
         self.tok = self.tokens[0]
         self.depth = 0
         self.predicates = 0
+        self.reductions = 0  # reduce predicates being parsed: where #acc is defined
+        self.variables: list[str] = []  # names bound by enclosing lets, innermost last
         # Top-level names used, in source order: (name, offset, is a call).
         self.references: list[tuple[str, int, bool]] = []
 
@@ -1392,6 +1975,8 @@ class _Parser:
                 f"expression is nested too deeply (more than {MAX_DEPTH} levels)", self.tok.offset
             )
         try:
+            if precedence == 0 and self.tok.kind == _IDENT and self.tok.text in ("let", "if"):
+                return self.let() if self.tok.text == "let" else self.if_else()
             first = self.primary()
             steps: list[_Step] = []
             previous = ""
@@ -1441,6 +2026,46 @@ class _Parser:
             return node
         finally:
             self.depth -= 1
+
+    def let(self) -> _Node:
+        start = self.tok
+        self.advance()
+        name = self.tok
+        if name.kind != _IDENT or name.text in _KEYWORDS:
+            raise ExpressionError(f"expected a variable name, got {name.describe()}", name.offset)
+        if name.text in BUILTIN_FUNCTION_NAMES or name.text == "$env":
+            raise ExpressionError(f"cannot redeclare builtin {name.text}", name.offset)
+        if name.text in self.variables:
+            raise ExpressionError(f"cannot redeclare variable {name.text}", name.offset)
+        self.advance()
+        self.expect(_OP, "=")
+        value = self.expression(0)
+        self.expect(_OP, ";")
+        self.variables.append(name.text)
+        try:
+            body = self.expression(0)
+        finally:
+            self.variables.pop()
+        return _Let(name.text, value, body, start.offset)
+
+    def if_else(self) -> _Node:
+        start = self.tok
+        self.advance()
+        condition = self.expression(0)
+        yes = self.block()
+        if not self.tok.is_(_IDENT, "else"):
+            raise ExpressionError(
+                f"unexpected {self.tok.describe()}, expected 'else'", self.tok.offset
+            )
+        self.advance()
+        no = self.if_else() if self.tok.is_(_IDENT, "if") else self.block()
+        return _Conditional(condition, yes, no, start.offset)
+
+    def block(self) -> _Node:
+        self.expect(_BRACKET, "{")
+        node = self.expression(0)
+        self.expect(_BRACKET, "}")
+        return node
 
     def comparison(self, left: _Node, op_token: _Token) -> _Node:
         # a < b < c means a < b && b < c, as in expr-lang.
@@ -1502,13 +2127,15 @@ class _Parser:
                 raise ExpressionError("cannot use pointer accessor outside predicate", token.offset)
             if token.text == ".":
                 # ".name" inside a predicate is "#.name": the postfix parser reads the ".name".
-                return self.postfix(_Pointer(False, token.offset))
+                return self.postfix(_Pointer("#", token.offset))
             self.advance()
-            if token.text not in ("#", "#index"):
+            if token.text == "#acc" and not self.reductions:
+                raise ExpressionError("#acc is only defined inside reduce", token.offset)
+            if token.text not in ("#", "#index", "#acc"):
                 raise ExpressionError(
-                    f"unknown pointer {token.text}: use # or #index", token.offset
+                    f"unknown pointer {token.text}: use #, #index or #acc", token.offset
                 )
-            return self.postfix(_Pointer(token.text == "#index", token.offset))
+            return self.postfix(_Pointer(token.text, token.offset))
         return self.secondary()
 
     def secondary(self) -> _Node:
@@ -1520,8 +2147,14 @@ class _Parser:
                 return _Const(token.text == "true", token.offset)
             if token.text == "nil":
                 return _Const(None, token.offset)
+            if token.text in _KEYWORDS:
+                self.unexpected(token)
             if self.at(_BRACKET, "("):
                 node = self.call(token, [])
+            elif token.text == "$env":
+                node = _Environment(token.offset)
+            elif token.text in self.variables:
+                node = _Variable(token.text, token.offset)
             else:
                 self.references.append((token.text, token.offset, False))
                 node = _Ident(token.text, token.offset)
@@ -1564,7 +2197,7 @@ class _Parser:
         return _BuiltinCall(name.text, fn, args, name.offset)
 
     def predicate_call(self, name: _Token, args: list[_Node]) -> _Node:
-        optional, _ = _PREDICATES[name.text]
+        optional, _, takes_extra = _PREDICATES[name.text]
         self.expect(_BRACKET, "(")
         piped = len(args)
         wanted = ("items", "predicate")[piped:]
@@ -1580,12 +2213,22 @@ class _Parser:
             if what == "items":
                 items = self.expression(0)
             else:
-                predicate = self.predicate()
+                reducing = name.text == "reduce"
+                self.reductions += reducing
+                try:
+                    predicate = self.predicate()
+                finally:
+                    self.reductions -= reducing
+        extra = None
         if self.at(_OP, ","):
             self.advance()
+            if takes_extra and not self.at(_BRACKET, ")"):
+                extra = self.expression(0)
+                if self.at(_OP, ","):
+                    self.advance()
         self.expect(_BRACKET, ")")
         assert items is not None
-        return _PredicateCall(name.text, items, predicate, name.offset)
+        return _PredicateCall(name.text, items, predicate, name.offset, extra)
 
     def predicate(self) -> _Node:
         braced = self.at(_BRACKET, "{")
@@ -1720,6 +2363,8 @@ def _result_kind(node: _Node) -> str:
         return _BUILTINS[node.name][3]
     if isinstance(node, _PredicateCall):
         return _PREDICATES[node.name][1]
+    if isinstance(node, _Let):
+        return _result_kind(node.body)
     if isinstance(node, _Conditional):
         yes, no = _result_kind(node.yes), _result_kind(node.no)
         return yes if yes == no else ""
@@ -1741,22 +2386,27 @@ class Expression:
     def __repr__(self) -> str:
         return f"Expression({self.source!r})"
 
-    def evaluate(self, env: Mapping[str, object]) -> object:
+    def evaluate(
+        self, env: Mapping[str, object], *, clock: Callable[[], float] = time.time
+    ) -> object:
         """The value of the expression with ``env`` naming its variables and functions.
 
+        ``clock`` gives the Unix time ``now()`` reads (the node's injectable clock).
         Raises :class:`ExpressionError` for any failure, including a Python callable in
         ``env`` that raises.
         """
         try:
-            return self._root.ev(_Context(env), None)
+            return self._root.ev(_Context(env, clock), None)
         except _Fault as fault:  # a cost overrun raised outside any node's own handler
             raise ExpressionError(str(fault), 0) from None
         except RecursionError:
             raise ExpressionError("data nested too deeply to evaluate", 0) from None
 
-    def evaluate_bool(self, env: Mapping[str, object]) -> bool:
+    def evaluate_bool(
+        self, env: Mapping[str, object], *, clock: Callable[[], float] = time.time
+    ) -> bool:
         """Like :meth:`evaluate`, for expressions that must give true or false."""
-        value = self.evaluate(env)
+        value = self.evaluate(env, clock=clock)
         if not isinstance(value, bool):
             raise ExpressionError(f"expected bool, got {_type_name(value)}", 0)
         return value

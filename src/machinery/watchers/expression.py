@@ -136,7 +136,7 @@ class ExpressionWatcher(PolledWatcher[ExpressionProperties]):
             if isinstance(expression, ExpressionError):
                 return ERROR, f"{key}: {expression.message}"
             try:
-                matched = expression.evaluate_bool(env)
+                matched = expression.evaluate_bool(env, clock=self.machine.clock.now)
             except ExpressionError as exc:
                 return ERROR, f"{key}: {exc.message} (at character {exc.offset + 1})"
             if matched:

@@ -108,6 +108,7 @@ BUILTIN_WATCHERS: tuple[tuple[str, str], ...] = (
     ("machinery.watchers.gossip", "GossipWatcher"),
     ("machinery.watchers.machines", "MachinesWatcher"),
     ("machinery.watchers.plugins", "PluginsWatcher"),
+    ("machinery.watchers.ccm", "CcmManifestWatcher"),
 )
 
 
