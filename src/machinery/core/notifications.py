@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 __all__ = [
     "TRANSITION_PROTOCOL",
+    "GoMap",
     "MachineEvent",
     "Notifier",
     "TransitionNotification",
@@ -19,6 +20,16 @@ __all__ = [
 ]
 
 TRANSITION_PROTOCOL = "io.choria.machine.v1.transition"
+
+
+class GoMap(dict[str, Any]):
+    """A field that is a Go ``map`` in Choria's event struct (labels, metrics, annotations).
+
+    Go's ``encoding/json`` writes map keys sorted; a plain ``dict`` in a payload stands for a Go
+    struct and keeps its declared field order.
+    """
+
+    __slots__ = ()
 
 
 def watcher_protocol(watcher_type: str) -> str:

@@ -1,8 +1,9 @@
 """CloudEvents 1.0 envelopes in Choria's exact shape (spec 4.2).
 
-Encoding follows Go's ``encoding/json`` where it shows: compact separators, key order as
-Choria's structs declare it, non-ASCII as UTF-8, and ``<``, ``>``, ``&``, U+2028 and U+2029
-escaped, so Choria's own tools read our events unchanged.
+Every event is encoded by :func:`go_json`, which writes what Go's ``encoding/json`` writes for
+Choria's structs: compact, struct fields in declaration order, map keys sorted, float64 numbers
+in Go's form, non-ASCII as UTF-8, and ``<``, ``>``, ``&``, U+2028 and U+2029 escaped, so the
+bytes are those a Choria agent would publish.
 """
 
 from __future__ import annotations
@@ -11,20 +12,24 @@ import json
 import math
 import os
 import random
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from machinery.core.notifications import (
     TRANSITION_PROTOCOL,
+    GoMap,
     MachineEvent,
     TransitionNotification,
     WatcherStateNotification,
 )
+from machinery.lang.gofmt import go_json_float
 
 __all__ = [
     "SOURCE",
     "CloudEventError",
+    "EventEncodingError",
     "decode_cloudevent",
     "encode_cloudevent",
     "go_json",
@@ -45,16 +50,103 @@ class CloudEventError(ValueError):
     """Text that is not a machine event we understand."""
 
 
-# One encoder for every event: json.dumps() with options builds a new encoder on each call.
-_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+class EventEncodingError(ValueError):
+    """A value Go's ``encoding/json`` refuses to write (NaN, infinities, unknown types)."""
+
+
+_quote: Callable[[str], str] = json.encoder.encode_basestring  # the C string encoder
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def go_json(value: Any) -> str:
-    """JSON text as Go's encoding/json writes it (for the parts that differ from Python's)."""
-    text = _encode(value)
-    if "<" in text or ">" in text or "&" in text or "\u2028" in text or "\u2029" in text:
-        text = text.translate(_GO_ESCAPES)
-    return text
+    """JSON text exactly as Go's ``encoding/json`` writes ``value``.
+
+    ``dict`` values are Go structs (keys in insertion order, which is the struct's declaration
+    order); :class:`~machinery.core.notifications.GoMap` values are Go maps (keys sorted). Floats
+    are float64 as Go formats them (``1``, ``1e-7``, ``10000000000000000``), ``<``, ``>``, ``&``,
+    U+2028 and U+2029 are escaped, non-ASCII stays UTF-8, and invalid UTF-8 (lone surrogates
+    from undecodable bytes) becomes U+FFFD. NaN and infinities raise
+    :class:`EventEncodingError`, as Go's ``json.Marshal`` returns an error for them.
+    """
+    parts: list[str] = []
+    try:
+        _encode_value(value, parts)
+    except RecursionError:
+        raise EventEncodingError("json: value nested too deeply") from None
+    except ValueError as exc:
+        raise EventEncodingError(str(exc)) from None
+    return _go_escapes("".join(parts))
+
+
+def _go_escapes(text: str) -> str:
+    """Go's escaping on top of Python's: HTML characters, U+2028/9, invalid UTF-8."""
+    if text.isascii():
+        if "<" in text or ">" in text or "&" in text:
+            text = text.translate(_GO_ESCAPES)
+        return text
+    return _SURROGATE.sub("\ufffd", text).translate(_GO_ESCAPES)
+
+
+def _encode_value(value: Any, out: list[str]) -> None:
+    # Exact type checks first: the common cases, and bool before int (bool is an int).
+    kind = type(value)
+    if kind is str:
+        out.append(_quote(value))
+    elif value is None:
+        out.append("null")
+    elif value is True:
+        out.append("true")
+    elif value is False:
+        out.append("false")
+    elif kind is int:
+        out.append(int.__repr__(value))
+    elif kind is float:
+        out.append(go_json_float(value))
+    elif isinstance(value, GoMap):
+        _encode_object(sorted(value.items(), key=_map_key_order), out)
+    elif isinstance(value, Mapping):
+        _encode_object(value.items(), out)
+    elif isinstance(value, list | tuple):
+        out.append("[")
+        for index, item in enumerate(value):
+            if index:
+                out.append(",")
+            _encode_value(item, out)
+        out.append("]")
+    elif isinstance(value, str):
+        out.append(_quote(str(value)))
+    elif isinstance(value, int):
+        out.append(int.__repr__(int(value)))
+    elif isinstance(value, float):
+        out.append(go_json_float(float(value)))
+    else:
+        raise EventEncodingError(f"json: unsupported type: {type(value).__name__}")
+
+
+def _map_key_order(item: tuple[Any, Any]) -> str:
+    return _map_key(item[0])
+
+
+def _map_key(key: object) -> str:
+    # Go map keys are strings (or integers, written as strings).
+    if isinstance(key, str):
+        return key
+    if isinstance(key, int) and not isinstance(key, bool):
+        return str(int(key))
+    raise EventEncodingError(f"json: unsupported map key type: {type(key).__name__}")
+
+
+def _encode_object(items: Iterable[tuple[Any, Any]], out: list[str]) -> None:
+    out.append("{")
+    first = True
+    for key, item in items:
+        if not first:
+            out.append(",")
+        first = False
+        out.append(_quote(_map_key(key)))
+        out.append(":")
+        _encode_value(item, out)
+    out.append("}")
 
 
 _last_time: tuple[int, str] = (-1, "")
@@ -105,9 +197,6 @@ def encode_cloudevent(event: MachineEvent, event_id: str | None = None) -> str:
     return go_json(to_cloudevent(event, event_id))
 
 
-_quote: Callable[[str], str] = json.encoder.encode_basestring  # the C encoder
-
-
 def _encode_transition(event: TransitionNotification, event_id: str) -> str:
     # Transitions are the bulk of all events and have a fixed shape: writing the JSON directly
     # is several times cheaper than encoding a dict, with exactly the same bytes.
@@ -137,9 +226,7 @@ def _encode_transition(event: TransitionNotification, event_id: str) -> str:
         + q(event.to_state)
         + "}}"
     )
-    if "<" in text or ">" in text or "&" in text or "\u2028" in text or "\u2029" in text:
-        text = text.translate(_GO_ESCAPES)
-    return text
+    return _go_escapes(text)
 
 
 _MAX_TIMESTAMP = 2**53  # the integers a JSON number holds exactly
