@@ -444,9 +444,16 @@ def test_range_errors(text: str, message: str) -> None:
         ("{{ ToUpper `hello World` }} {{ ToLower `HeLLo` }}", "HELLO WORLD hello"),
         ("{{ ToUpper `straße` }} {{ ToLower `İSTANBUL` }}", "STRAßE istanbul"),
         ("{{ Title `hello wide world` }}", "Hello Wide World"),
-        ("{{ Capitalize `hello wOrLD` }}", "Hello WOrLD"),
-        ("{{ Title `foo-bar baz.qux x(y) a/b` }}", "Foo-Bar Baz.Qux X(Y) A/B"),
-        ("{{ Title `snake_case 3rd élan ñu` }}", "Snake_case 3rd Élan Ñu"),
+        # cases.Title(language.AmericanEnglish): the rest of each word is lower-cased, an
+        # apostrophe or a period between letters does not end a word, two in a row do, and a
+        # digit does not start one.
+        ("{{ Capitalize `hello wOrLD` }}", "Hello World"),
+        ("{{ Title `HELLO WORLD` }}", "Hello World"),
+        ("{{ Title `o'neil O'NEIL` }}", "O'neil O'neil"),
+        ("{{ Title `foo-bar baz.qux x(y) a/b a..b x:y` }}", "Foo-Bar Baz.qux X(Y) A/B A..B X:y"),
+        ("{{ Title `snake_case 3rd élan ñu` }}", "Snake_case 3Rd Élan Ñu"),
+        ("{{ Title `ǆemal straße ÉCOLE` }}", "ǅemal Straße École"),
+        ("{{ Title `ΟΔΟΣ ΣΑΣ` }}", "Οδος Σας"),
         ("{{ Title `` }}", ""),
         ("{{ StringsJoin .facts.list }}", "a, b, 3"),
         ("{{ StringsJoin `single` }}", "single"),
