@@ -543,7 +543,9 @@ def _truth(value: object) -> bool:
 def _printable(value: object) -> str:
     if type(value) is str:
         return value
-    if value is _MISSING:
+    if value is _MISSING or value is None:
+        # Go digs the value out of its interface{}: a nil one (JSON null, a nil dot, a
+        # function returning nil) is no value at all.
         return "<no value>"
     return go_format_value(value)
 
@@ -1311,7 +1313,12 @@ def _fn_index(item: object, *indexes: object) -> object:
                 raise ValueError(f"index out of range: {position}")
             item = item[position]
         elif isinstance(item, Mapping):
-            # A missing key gives the map's zero value, which Go prints as <no value>.
+            # JSON objects are map[string]interface{}: the key must be a string, and a missing
+            # key gives the zero value, a nil interface, which Go prints as <no value>.
+            if index is None or index is _MISSING:
+                raise ValueError("value is nil; should be of type string")
+            if not isinstance(index, str):
+                raise ValueError(f"value has type {go_type_name(index)}; should be string")
             item = item.get(index, _MISSING)
         else:
             raise ValueError(f"can't index item of type {go_type_name(item)}")
@@ -1662,6 +1669,8 @@ class Template:
         """
         if self._constant is not None:
             return self._constant
+        if dot is None:
+            dot = _MISSING  # Go's Execute(w, nil): an invalid dot, "no value" through any field
         st = _State(functions, dot, escape)
         for node in self._nodes:
             node.run(st, dot)
