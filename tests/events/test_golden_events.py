@@ -384,3 +384,16 @@ def test_decoded_event_is_re_encoded_unchanged() -> None:
     payload = json.loads(text)
     state = WatcherStateNotification("metric", payload, "")
     assert go_json(state.payload) == text
+
+
+def test_a_state_is_encoded_once_for_every_sink(tmp_path: Path) -> None:
+    machine = _machine(tmp_path, "file", "path: /etc/motd")
+    recorder = Recorder()
+    machine.node.notifiers.append(recorder)
+    machine.watchers[0].publish()
+    (state,) = recorder.states("w1")
+    data = state.encoded
+    assert data is not None and data.startswith('{"protocol":"io.choria.machine.watcher.file')
+    first, second = encode_cloudevent(state, "a"), encode_cloudevent(state, "b")
+    assert first.endswith(',"data":' + data + "}") and second.endswith(',"data":' + data + "}")
+    assert state.encoded is data  # reused, not encoded again

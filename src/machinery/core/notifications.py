@@ -6,7 +6,7 @@ CloudEvents envelope, the console lines and the transports live in :mod:`machine
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 __all__ = [
@@ -84,6 +84,9 @@ class WatcherStateNotification:
     watcher_type: str
     payload: dict[str, Any]
     text: str
+    encoded: str | None = field(default=None, compare=False, repr=False)
+    """The payload in Go's JSON encoding, filled in once by the first encoder that needs it
+    (:func:`machinery.events.cloudevents.encode_data`); every sink reuses it."""
 
     @property
     def protocol(self) -> str:

@@ -32,6 +32,7 @@ __all__ = [
     "EventEncodingError",
     "decode_cloudevent",
     "encode_cloudevent",
+    "encode_data",
     "go_json",
     "new_event_id",
     "rfc3339",
@@ -190,11 +191,35 @@ def to_cloudevent(event: MachineEvent, event_id: str | None = None) -> dict[str,
     }
 
 
+def encode_data(event: WatcherStateNotification) -> str:
+    """The state's payload in Go's encoding, encoded once per event whatever the sinks.
+
+    Raises :class:`EventEncodingError` for a payload Go would refuse (NaN, infinities).
+    """
+    encoded = event.encoded
+    if encoded is None:
+        encoded = go_json(event.payload)
+        object.__setattr__(event, "encoded", encoded)  # a cache on a frozen dataclass
+    return encoded
+
+
 def encode_cloudevent(event: MachineEvent, event_id: str | None = None) -> str:
     """The CloudEvent for ``event`` as one line of JSON."""
     if isinstance(event, TransitionNotification):
         return _encode_transition(event, event_id or new_event_id())
-    return go_json(to_cloudevent(event, event_id))
+    # The envelope's fields are all strings: written directly around the cached data.
+    envelope = (
+        '{"specversion":"1.0","id":'
+        + _quote(event_id or new_event_id())
+        + ',"source":"io.choria.machine","type":'
+        + _quote(event.protocol)
+        + ',"subject":'
+        + _quote(event.identity)
+        + ',"datacontenttype":"application/json","time":"'
+        + rfc3339(event.timestamp)
+        + '","data":'
+    )
+    return _go_escapes(envelope) + encode_data(event) + "}"
 
 
 def _encode_transition(event: TransitionNotification, event_id: str) -> str:

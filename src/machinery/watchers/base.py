@@ -23,7 +23,7 @@ from machinery.core.clock import Ticker
 from machinery.core.machine import WatcherStatus
 from machinery.core.notifications import WatcherStateNotification
 from machinery.core.wakeup import STATE_CHANGED, TICK, Wakeup
-from machinery.events.cloudevents import EventEncodingError, go_json
+from machinery.events.cloudevents import EventEncodingError, encode_data
 from machinery.spec.kinds import Problem
 from machinery.spec.models import MachineSpec, WatcherProperties, WatcherSpec
 
@@ -111,7 +111,7 @@ class Watcher(ABC, Generic[P]):
     def publish(self) -> None:
         state = self.current_state()
         try:
-            go_json(state.payload)
+            encode_data(state)  # encoded once here, reused by every sink
         except EventEncodingError as exc:
             # Choria's json.Marshal fails on the same values (NaN, infinities) and the event is
             # not published; say why once here rather than in every sink.
