@@ -30,7 +30,6 @@ from machinery.core.notifications import (
     TransitionNotification,
     WatcherStateNotification,
 )
-from machinery.events.cloudevents import encode_data
 
 __all__ = ["DB_NAME", "HistoryEntry", "StateDB", "StateWriter"]
 
@@ -238,7 +237,7 @@ class StateWriter:
         if isinstance(event, TransitionNotification):
             self.submit(self._transition_writer(event))
         elif isinstance(event, WatcherStateNotification):
-            payload = encode_data(event)  # the bytes the event carries
+            payload = event.encoded_data()  # the bytes the event carries
             machine, name = event.machine, str(event.payload.get("name", ""))
             kind, updated = event.watcher_type, time.time()
 

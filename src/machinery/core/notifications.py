@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from machinery.lang.gojson import GoMap, go_json
+
 __all__ = [
     "TRANSITION_PROTOCOL",
     "GoMap",
@@ -20,16 +22,6 @@ __all__ = [
 ]
 
 TRANSITION_PROTOCOL = "io.choria.machine.v1.transition"
-
-
-class GoMap(dict[str, Any]):
-    """A field that is a Go ``map`` in Choria's event struct (labels, metrics, annotations).
-
-    Go's ``encoding/json`` writes map keys sorted; a plain ``dict`` in a payload stands for a Go
-    struct and keeps its declared field order.
-    """
-
-    __slots__ = ()
 
 
 def watcher_protocol(watcher_type: str) -> str:
@@ -85,8 +77,7 @@ class WatcherStateNotification:
     payload: dict[str, Any]
     text: str
     encoded: str | None = field(default=None, compare=False, repr=False)
-    """The payload in Go's JSON encoding, filled in once by the first encoder that needs it
-    (:func:`machinery.events.cloudevents.encode_data`); every sink reuses it."""
+    """The payload in Go's JSON encoding, once :meth:`encoded_data` has run."""
 
     @property
     def protocol(self) -> str:
@@ -110,6 +101,18 @@ class WatcherStateNotification:
 
     def data(self) -> dict[str, Any]:
         return self.payload
+
+    def encoded_data(self) -> str:
+        """The payload as Go's ``encoding/json`` writes it, encoded once for every sink.
+
+        Raises :class:`~machinery.lang.gojson.GoJSONError` for a payload Go would refuse (NaN,
+        infinities).
+        """
+        encoded = self.encoded
+        if encoded is None:
+            encoded = go_json(self.payload)
+            object.__setattr__(self, "encoded", encoded)  # a cache on a frozen dataclass
+        return encoded
 
     def describe(self) -> str:
         return self.text

@@ -12,19 +12,17 @@ import json
 import math
 import os
 import random
-import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from machinery.core.notifications import (
     TRANSITION_PROTOCOL,
-    GoMap,
     MachineEvent,
     TransitionNotification,
     WatcherStateNotification,
 )
-from machinery.lang.gofmt import go_json_float
+from machinery.lang.gojson import GoJSONError, go_json, go_json_escapes
 
 __all__ = [
     "SOURCE",
@@ -32,7 +30,6 @@ __all__ = [
     "EventEncodingError",
     "decode_cloudevent",
     "encode_cloudevent",
-    "encode_data",
     "go_json",
     "new_event_id",
     "rfc3339",
@@ -42,112 +39,14 @@ __all__ = [
 SOURCE = "io.choria.machine"
 _WATCHER_PREFIX = "io.choria.machine.watcher."
 _WATCHER_SUFFIX = ".v1.state"
-_GO_ESCAPES = str.maketrans(
-    {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
-)
 
 
 class CloudEventError(ValueError):
     """Text that is not a machine event we understand."""
 
 
-class EventEncodingError(ValueError):
-    """A value Go's ``encoding/json`` refuses to write (NaN, infinities, unknown types)."""
-
-
-_quote: Callable[[str], str] = json.encoder.encode_basestring  # the C string encoder
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def go_json(value: Any) -> str:
-    """JSON text exactly as Go's ``encoding/json`` writes ``value``.
-
-    ``dict`` values are Go structs (keys in insertion order, which is the struct's declaration
-    order); :class:`~machinery.core.notifications.GoMap` values are Go maps (keys sorted). Floats
-    are float64 as Go formats them (``1``, ``1e-7``, ``10000000000000000``), ``<``, ``>``, ``&``,
-    U+2028 and U+2029 are escaped, non-ASCII stays UTF-8, and invalid UTF-8 (lone surrogates
-    from undecodable bytes) becomes U+FFFD. NaN and infinities raise
-    :class:`EventEncodingError`, as Go's ``json.Marshal`` returns an error for them.
-    """
-    parts: list[str] = []
-    try:
-        _encode_value(value, parts)
-    except RecursionError:
-        raise EventEncodingError("json: value nested too deeply") from None
-    except ValueError as exc:
-        raise EventEncodingError(str(exc)) from None
-    return _go_escapes("".join(parts))
-
-
-def _go_escapes(text: str) -> str:
-    """Go's escaping on top of Python's: HTML characters, U+2028/9, invalid UTF-8."""
-    if text.isascii():
-        if "<" in text or ">" in text or "&" in text:
-            text = text.translate(_GO_ESCAPES)
-        return text
-    return _SURROGATE.sub("\ufffd", text).translate(_GO_ESCAPES)
-
-
-def _encode_value(value: Any, out: list[str]) -> None:
-    # Exact type checks first: the common cases, and bool before int (bool is an int).
-    kind = type(value)
-    if kind is str:
-        out.append(_quote(value))
-    elif value is None:
-        out.append("null")
-    elif value is True:
-        out.append("true")
-    elif value is False:
-        out.append("false")
-    elif kind is int:
-        out.append(int.__repr__(value))
-    elif kind is float:
-        out.append(go_json_float(value))
-    elif isinstance(value, GoMap):
-        _encode_object(sorted(value.items(), key=_map_key_order), out)
-    elif isinstance(value, Mapping):
-        _encode_object(value.items(), out)
-    elif isinstance(value, list | tuple):
-        out.append("[")
-        for index, item in enumerate(value):
-            if index:
-                out.append(",")
-            _encode_value(item, out)
-        out.append("]")
-    elif isinstance(value, str):
-        out.append(_quote(str(value)))
-    elif isinstance(value, int):
-        out.append(int.__repr__(int(value)))
-    elif isinstance(value, float):
-        out.append(go_json_float(float(value)))
-    else:
-        raise EventEncodingError(f"json: unsupported type: {type(value).__name__}")
-
-
-def _map_key_order(item: tuple[Any, Any]) -> str:
-    return _map_key(item[0])
-
-
-def _map_key(key: object) -> str:
-    # Go map keys are strings (or integers, written as strings).
-    if isinstance(key, str):
-        return key
-    if isinstance(key, int) and not isinstance(key, bool):
-        return str(int(key))
-    raise EventEncodingError(f"json: unsupported map key type: {type(key).__name__}")
-
-
-def _encode_object(items: Iterable[tuple[Any, Any]], out: list[str]) -> None:
-    out.append("{")
-    first = True
-    for key, item in items:
-        if not first:
-            out.append(",")
-        first = False
-        out.append(_quote(_map_key(key)))
-        out.append(":")
-        _encode_value(item, out)
-    out.append("}")
+# Go's json.Marshal errors for these values; the name says where it bites.
+EventEncodingError = GoJSONError
 
 
 _last_time: tuple[int, str] = (-1, "")
@@ -191,18 +90,6 @@ def to_cloudevent(event: MachineEvent, event_id: str | None = None) -> dict[str,
     }
 
 
-def encode_data(event: WatcherStateNotification) -> str:
-    """The state's payload in Go's encoding, encoded once per event whatever the sinks.
-
-    Raises :class:`EventEncodingError` for a payload Go would refuse (NaN, infinities).
-    """
-    encoded = event.encoded
-    if encoded is None:
-        encoded = go_json(event.payload)
-        object.__setattr__(event, "encoded", encoded)  # a cache on a frozen dataclass
-    return encoded
-
-
 def encode_cloudevent(event: MachineEvent, event_id: str | None = None) -> str:
     """The CloudEvent for ``event`` as one line of JSON."""
     if isinstance(event, TransitionNotification):
@@ -219,7 +106,10 @@ def encode_cloudevent(event: MachineEvent, event_id: str | None = None) -> str:
         + rfc3339(event.timestamp)
         + '","data":'
     )
-    return _go_escapes(envelope) + encode_data(event) + "}"
+    return go_json_escapes(envelope) + event.encoded_data() + "}"
+
+
+_quote: Callable[[str], str] = json.encoder.encode_basestring  # the C string encoder
 
 
 def _encode_transition(event: TransitionNotification, event_id: str) -> str:
@@ -251,7 +141,7 @@ def _encode_transition(event: TransitionNotification, event_id: str) -> str:
         + q(event.to_state)
         + "}}"
     )
-    return _go_escapes(text)
+    return go_json_escapes(text)
 
 
 _MAX_TIMESTAMP = 2**53  # the integers a JSON number holds exactly

@@ -23,7 +23,7 @@ from machinery.core.clock import Ticker
 from machinery.core.machine import WatcherStatus
 from machinery.core.notifications import WatcherStateNotification
 from machinery.core.wakeup import STATE_CHANGED, TICK, Wakeup
-from machinery.events.cloudevents import EventEncodingError, encode_data
+from machinery.lang.gojson import GoJSONError
 from machinery.spec.kinds import Problem
 from machinery.spec.models import MachineSpec, WatcherProperties, WatcherSpec
 
@@ -111,8 +111,8 @@ class Watcher(ABC, Generic[P]):
     def publish(self) -> None:
         state = self.current_state()
         try:
-            encode_data(state)  # encoded once here, reused by every sink
-        except EventEncodingError as exc:
+            state.encoded_data()  # encoded once here, reused by every sink
+        except GoJSONError as exc:
             # Choria's json.Marshal fails on the same values (NaN, infinities) and the event is
             # not published; say why once here rather than in every sink.
             self.log_error(f"Could not publish the watcher state: {exc}")
