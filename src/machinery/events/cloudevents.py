@@ -48,6 +48,8 @@ class CloudEventError(ValueError):
 # Go's json.Marshal errors for these values; the name says where it bites.
 EventEncodingError = GoJSONError
 
+_quote: Callable[[str], str] = json.encoder.encode_basestring  # the C string encoder
+
 
 _last_time: tuple[int, str] = (-1, "")
 
@@ -107,9 +109,6 @@ def encode_cloudevent(event: MachineEvent, event_id: str | None = None) -> str:
         + '","data":'
     )
     return go_json_escapes(envelope) + event.encoded_data() + "}"
-
-
-_quote: Callable[[str], str] = json.encoder.encode_basestring  # the C string encoder
 
 
 def _encode_transition(event: TransitionNotification, event_id: str) -> str:

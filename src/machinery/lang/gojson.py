@@ -45,11 +45,11 @@ def go_json(value: Any) -> str:
     """JSON text exactly as Go's ``encoding/json`` writes ``value``.
 
     ``dict`` values are Go structs (keys in insertion order, which is the struct's declaration
-    order); :class:`GoMap` values are Go maps (keys sorted). Floats
-    are float64 as Go formats them (``1``, ``1e-7``, ``10000000000000000``), ``<``, ``>``, ``&``,
-    U+2028 and U+2029 are escaped, non-ASCII stays UTF-8, and invalid UTF-8 (lone surrogates
-    from undecodable bytes) becomes U+FFFD. NaN and infinities raise
-    :class:`GoJSONError`, as Go's ``json.Marshal`` returns an error for them.
+    order); :class:`GoMap` values are Go maps (keys sorted). Floats are float64 as Go formats
+    them (``1``, ``1e-7``, ``10000000000000000``); ``<``, ``>``, ``&``, U+2028 and U+2029 are
+    escaped, non-ASCII stays UTF-8, and invalid UTF-8 (lone surrogates from undecodable bytes)
+    becomes U+FFFD. NaN and infinities raise :class:`GoJSONError`, as Go's ``json.Marshal``
+    returns an error for them.
     """
     parts: list[str] = []
     try:
