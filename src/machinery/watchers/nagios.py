@@ -44,7 +44,7 @@ from machinery.lang.gjson import GJSONPathError
 from machinery.lang.gjson import lookup as gjson_lookup
 from machinery.lang.gofmt import go_format_value
 from machinery.lang.perfdata import PerfData, parse_perfdata
-from machinery.lang.template import TemplateError, parse_template
+from machinery.lang.template import Template, TemplateError, parse_template
 from machinery.spec.kinds import Problem
 from machinery.spec.models import MachineSpec, WatcherProperties, WatcherSpec
 from machinery.spec.types import Duration
@@ -121,6 +121,14 @@ def go_html_escape(text: str) -> str:
 @lru_cache(maxsize=1024)
 def _plugin_command(text: str) -> tuple[CommandArgument, ...]:
     return tuple(split_command(text, _PLUGIN_FUNCTIONS))
+
+
+def _plugin_line(text: str) -> Template | None:
+    """The whole plugin line as one template (None: only its words parse; shown re-quoted)."""
+    try:
+        return parse_template(text, _PLUGIN_FUNCTIONS)
+    except TemplateError:
+        return None
 
 
 def gjson_string(value: object) -> str:
@@ -258,7 +266,7 @@ class NagiosWatcher(PolledWatcher[NagiosProperties]):
         plugin = self.properties.plugin
         self._arguments = _plugin_command(plugin) if plugin else ()
         # Choria publishes the whole line as rendered: kept for the events, never executed.
-        self._plugin_line = parse_template(plugin, _PLUGIN_FUNCTIONS) if plugin else None
+        self._plugin_line = _plugin_line(plugin) if plugin else None
         self.previous = NOTCHECKED
         self.previous_plugin = ""
         self.previous_output = ""
