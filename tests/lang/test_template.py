@@ -187,7 +187,8 @@ def test_number_literal_types() -> None:
         ("{{ .facts.missing }}", "<no value>"),
         ("{{ .facts.missing.deeper.still }}", "<no value>"),
         ("{{ .nope }}", "<no value>"),
-        ("{{ .facts.nothing }}", "<nil>"),
+        # JSON null is a nil interface{}: Go prints no value (print/printf still say <nil>).
+        ("{{ .facts.nothing }}", "<no value>"),
         ("{{ .facts.list }}", "[a b 3]"),
         ("{{ .facts.os }}", "map[family:RedHat release:map[major:9]]"),
         ("{{ $.name }}", "machine"),
@@ -444,9 +445,16 @@ def test_range_errors(text: str, message: str) -> None:
         ("{{ ToUpper `hello World` }} {{ ToLower `HeLLo` }}", "HELLO WORLD hello"),
         ("{{ ToUpper `straße` }} {{ ToLower `İSTANBUL` }}", "STRAßE istanbul"),
         ("{{ Title `hello wide world` }}", "Hello Wide World"),
-        ("{{ Capitalize `hello wOrLD` }}", "Hello WOrLD"),
-        ("{{ Title `foo-bar baz.qux x(y) a/b` }}", "Foo-Bar Baz.Qux X(Y) A/B"),
-        ("{{ Title `snake_case 3rd élan ñu` }}", "Snake_case 3rd Élan Ñu"),
+        # cases.Title(language.AmericanEnglish): the rest of each word is lower-cased, an
+        # apostrophe or a period between letters does not end a word, two in a row do, and a
+        # digit does not start one.
+        ("{{ Capitalize `hello wOrLD` }}", "Hello World"),
+        ("{{ Title `HELLO WORLD` }}", "Hello World"),
+        ("{{ Title `o'neil O'NEIL` }}", "O'neil O'neil"),
+        ("{{ Title `foo-bar baz.qux x(y) a/b a..b x:y` }}", "Foo-Bar Baz.qux X(Y) A/B A..B X:y"),
+        ("{{ Title `snake_case 3rd élan ñu` }}", "Snake_case 3Rd Élan Ñu"),
+        ("{{ Title `ǆemal straße ÉCOLE` }}", "ǅemal Straße École"),
+        ("{{ Title `ΟΔΟΣ ΣΑΣ` }}", "Οδος Σας"),
         ("{{ Title `` }}", ""),
         ("{{ StringsJoin .facts.list }}", "a, b, 3"),
         ("{{ StringsJoin `single` }}", "single"),
@@ -750,7 +758,7 @@ def test_each_render_has_its_own_limits() -> None:
 def test_template_is_reusable_and_independent_of_dot() -> None:
     template = parse_template("{{ .a }}-{{ $x := .b }}{{ $x }}")
     assert template.render({"a": 1, "b": 2}, {}) == "1-2"
-    assert template.render({"a": "x", "b": None}, {}) == "x-<nil>"
+    assert template.render({"a": "x", "b": None}, {}) == "x-<no value>"
     assert template.render({}, {}) == "<no value>-<no value>"
     assert repr(template) == "Template('{{ .a }}-{{ $x := .b }}{{ $x }}')"
     assert isinstance(template, Template)

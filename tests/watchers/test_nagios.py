@@ -180,8 +180,9 @@ async def test_puppet_scout_check_lifecycle(tmp_path: Path) -> None:
 
 
 def _fraction(wall: float) -> str:
-    micros = round(wall * 1_000_000) % 1_000_000
-    return ("." + f"{micros:06d}".rstrip("0") if micros else "") + "Z"
+    # Go's RFC3339Nano: nanoseconds, trailing zeros dropped.
+    nanos = f"{wall:.9f}".split(".")[1].rstrip("0")
+    return ("." + nanos if nanos else "") + "Z"
 
 
 async def test_checks_count_and_file_content_follow_choria(tmp_path: Path) -> None:
@@ -564,10 +565,12 @@ async def test_plugin_overrides_are_rendered_per_argument_and_html_escaped(tmp_p
         "-e",
         "last",
     ]
+    # Choria publishes the whole line rendered (html/template), not the argv re-quoted: the
+    # template's own quotes stay, and the empty default leaves two spaces.
     plugin = recorder.states("check")[-1].payload["plugin"]
     assert plugin == (
-        "./args.sh -w 5 -c '&lt;30&gt; &amp; &#39;x&#39;' -r 1.5 -l '[1,&#34;a&#34;]' "
-        "-d 'a b&#43;c' -e last"
+        './args.sh -w 5 -c "&lt;30&gt; &amp; &#39;x&#39;" -r 1.5 -l [1,&#34;a&#34;] '
+        "-d a b&#43;c -e  last"
     )
 
 

@@ -237,7 +237,7 @@ class StateWriter:
         if isinstance(event, TransitionNotification):
             self.submit(self._transition_writer(event))
         elif isinstance(event, WatcherStateNotification):
-            payload = json.dumps(event.payload, separators=(",", ":"), default=str)
+            payload = event.encoded_data()  # the bytes the event carries
             machine, name = event.machine, str(event.payload.get("name", ""))
             kind, updated = event.watcher_type, time.time()
 

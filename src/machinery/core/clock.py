@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -42,6 +43,12 @@ class Clock(ABC):
     @abstractmethod
     def now(self) -> float:
         """Wall-clock time, Unix seconds."""
+
+    def now_ns(self) -> int:
+        """Wall-clock time, Unix nanoseconds (for timestamps Choria publishes to the ns)."""
+        seconds = self.now()
+        whole = math.floor(seconds)
+        return whole * 1_000_000_000 + round((seconds - whole) * 1e9)
 
     @abstractmethod
     def monotonic(self) -> float:
@@ -74,6 +81,9 @@ class SystemClock(Clock):
 
     def now(self) -> float:
         return time.time()
+
+    def now_ns(self) -> int:
+        return time.time_ns()
 
     def monotonic(self) -> float:
         return time.monotonic()

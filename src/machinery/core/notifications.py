@@ -6,11 +6,14 @@ CloudEvents envelope, the console lines and the transports live in :mod:`machine
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from machinery.lang.gojson import GoMap, go_json
 
 __all__ = [
     "TRANSITION_PROTOCOL",
+    "GoMap",
     "MachineEvent",
     "Notifier",
     "TransitionNotification",
@@ -73,6 +76,8 @@ class WatcherStateNotification:
     watcher_type: str
     payload: dict[str, Any]
     text: str
+    encoded: str | None = field(default=None, compare=False, repr=False)
+    """The payload in Go's JSON encoding, once :meth:`encoded_data` has run."""
 
     @property
     def protocol(self) -> str:
@@ -96,6 +101,18 @@ class WatcherStateNotification:
 
     def data(self) -> dict[str, Any]:
         return self.payload
+
+    def encoded_data(self) -> str:
+        """The payload as Go's ``encoding/json`` writes it, encoded once for every sink.
+
+        Raises :class:`~machinery.lang.gojson.GoJSONError` for a payload Go would refuse (NaN,
+        infinities).
+        """
+        encoded = self.encoded
+        if encoded is None:
+            encoded = go_json(self.payload)
+            object.__setattr__(self, "encoded", encoded)  # a cache on a frozen dataclass
+        return encoded
 
     def describe(self) -> str:
         return self.text

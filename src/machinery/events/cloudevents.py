@@ -1,8 +1,9 @@
 """CloudEvents 1.0 envelopes in Choria's exact shape (spec 4.2).
 
-Encoding follows Go's ``encoding/json`` where it shows: compact separators, key order as
-Choria's structs declare it, non-ASCII as UTF-8, and ``<``, ``>``, ``&``, U+2028 and U+2029
-escaped, so Choria's own tools read our events unchanged.
+Every event is encoded by :func:`go_json`, which writes what Go's ``encoding/json`` writes for
+Choria's structs: compact, struct fields in declaration order, map keys sorted, float64 numbers
+in Go's form, non-ASCII as UTF-8, and ``<``, ``>``, ``&``, U+2028 and U+2029 escaped, so the
+bytes are those a Choria agent would publish.
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ from machinery.core.notifications import (
     TransitionNotification,
     WatcherStateNotification,
 )
+from machinery.lang.gojson import GoJSONError, go_json, go_json_escapes
 
 __all__ = [
     "SOURCE",
     "CloudEventError",
+    "EventEncodingError",
     "decode_cloudevent",
     "encode_cloudevent",
     "go_json",
@@ -36,25 +39,16 @@ __all__ = [
 SOURCE = "io.choria.machine"
 _WATCHER_PREFIX = "io.choria.machine.watcher."
 _WATCHER_SUFFIX = ".v1.state"
-_GO_ESCAPES = str.maketrans(
-    {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
-)
 
 
 class CloudEventError(ValueError):
     """Text that is not a machine event we understand."""
 
 
-# One encoder for every event: json.dumps() with options builds a new encoder on each call.
-_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+# Go's json.Marshal errors for these values; the name says where it bites.
+EventEncodingError = GoJSONError
 
-
-def go_json(value: Any) -> str:
-    """JSON text as Go's encoding/json writes it (for the parts that differ from Python's)."""
-    text = _encode(value)
-    if "<" in text or ">" in text or "&" in text or "\u2028" in text or "\u2029" in text:
-        text = text.translate(_GO_ESCAPES)
-    return text
+_quote: Callable[[str], str] = json.encoder.encode_basestring  # the C string encoder
 
 
 _last_time: tuple[int, str] = (-1, "")
@@ -102,10 +96,19 @@ def encode_cloudevent(event: MachineEvent, event_id: str | None = None) -> str:
     """The CloudEvent for ``event`` as one line of JSON."""
     if isinstance(event, TransitionNotification):
         return _encode_transition(event, event_id or new_event_id())
-    return go_json(to_cloudevent(event, event_id))
-
-
-_quote: Callable[[str], str] = json.encoder.encode_basestring  # the C encoder
+    # The envelope's fields are all strings: written directly around the cached data.
+    envelope = (
+        '{"specversion":"1.0","id":'
+        + _quote(event_id or new_event_id())
+        + ',"source":"io.choria.machine","type":'
+        + _quote(event.protocol)
+        + ',"subject":'
+        + _quote(event.identity)
+        + ',"datacontenttype":"application/json","time":"'
+        + rfc3339(event.timestamp)
+        + '","data":'
+    )
+    return go_json_escapes(envelope) + event.encoded_data() + "}"
 
 
 def _encode_transition(event: TransitionNotification, event_id: str) -> str:
@@ -137,9 +140,7 @@ def _encode_transition(event: TransitionNotification, event_id: str) -> str:
         + q(event.to_state)
         + "}}"
     )
-    if "<" in text or ">" in text or "&" in text or "\u2028" in text or "\u2029" in text:
-        text = text.translate(_GO_ESCAPES)
-    return text
+    return go_json_escapes(text)
 
 
 _MAX_TIMESTAMP = 2**53  # the integers a JSON number holds exactly

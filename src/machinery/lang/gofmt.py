@@ -22,6 +22,7 @@ from collections.abc import Mapping
 __all__ = [
     "MAX_WIDTH",
     "go_format_value",
+    "go_json_float",
     "go_quote",
     "go_sprint",
     "go_sprintf",
@@ -410,6 +411,25 @@ def _strconv_float(value: float, verb: str, prec: int) -> str:
         # %g drops trailing zeros exactly as strconv's 'g' does.
         body = format(magnitude, f".{prec}{verb}")
     return "-" + body if negative else body
+
+
+def go_json_float(value: float) -> str:
+    """A float64 as Go's ``encoding/json`` writes it.
+
+    Shortest round-tripping digits, in plain form between 1e-6 and 1e21 and in exponent form
+    outside (``1e-7``, ``1e+21``: a one-digit negative exponent loses its leading zero), ``-0``
+    kept. NaN and the infinities raise ``ValueError`` with Go's message: JSON has no such
+    numbers and Go refuses to write them.
+    """
+    if not math.isfinite(value):
+        raise ValueError(f"json: unsupported value: {_strconv_float(value, 'g', -1)}")
+    magnitude = abs(value)
+    if magnitude != 0 and (magnitude < 1e-6 or magnitude >= 1e21):
+        text = _strconv_float(value, "e", -1)
+        if len(text) >= 4 and text[-4] == "e" and text[-3] == "-" and text[-2] == "0":
+            text = text[:-2] + text[-1]
+        return text
+    return _strconv_float(value, "f", -1)
 
 
 def _fmt_float(f: _Flags, value: float, verb: str, prec: int) -> str:

@@ -38,7 +38,7 @@ class PerfData(NamedTuple):
 
     def to_json(self) -> dict[str, Any]:
         """The item as Choria publishes it (``{"unit", "label", "value"}``, in that order)."""
-        return {"unit": self.unit, "label": self.label, "value": self.value}
+        return {"unit": self.unit, "label": self.label, "value": float(self.value)}
 
 
 def split_output(text: str) -> tuple[str, str]:

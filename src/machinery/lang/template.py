@@ -26,6 +26,7 @@ import base64
 import binascii
 import inspect
 import math
+import unicodedata
 import urllib.parse
 from collections.abc import Callable, Collection, Iterable, Mapping
 from types import MappingProxyType
@@ -542,7 +543,9 @@ def _truth(value: object) -> bool:
 def _printable(value: object) -> str:
     if type(value) is str:
         return value
-    if value is _MISSING:
+    if value is _MISSING or value is None:
+        # Go digs the value out of its interface{}: a nil one (JSON null, a nil dot, a
+        # function returning nil) is no value at all.
         return "<no value>"
     return go_format_value(value)
 
@@ -1310,7 +1313,12 @@ def _fn_index(item: object, *indexes: object) -> object:
                 raise ValueError(f"index out of range: {position}")
             item = item[position]
         elif isinstance(item, Mapping):
-            # A missing key gives the map's zero value, which Go prints as <no value>.
+            # JSON objects are map[string]interface{}: the key must be a string, and a missing
+            # key gives the zero value, a nil interface, which Go prints as <no value>.
+            if index is None or index is _MISSING:
+                raise ValueError("value is nil; should be of type string")
+            if not isinstance(index, str):
+                raise ValueError(f"value has type {go_type_name(index)}; should be string")
             item = item.get(index, _MISSING)
         else:
             raise ValueError(f"can't index item of type {go_type_name(item)}")
@@ -1488,25 +1496,77 @@ def _fn_to_lower(value: object) -> str:
     return "".join(_simple_case(ch, ch.lower(), ch.lower()[:1]) for ch in text)
 
 
-def _is_separator(ch: str) -> bool:
-    # Go's strings.Title: ASCII letters, digits and "_" continue a word; other ASCII separates;
-    # beyond ASCII, letters and digits continue a word and only spaces separate.
-    if ch < "\x80":
-        return not (ch.isalnum() or ch == "_")
-    if ch.isalpha() or ch.isdecimal():
-        return False
-    return ch.isspace()
+# Word classes of golang.org/x/text/cases' approximation of Unicode word breaking (UAX #29):
+# letters, digits, connectors and marks join a word; "mid" characters (an apostrophe, a period,
+# a colon, format characters) join it once but two in a row break it; anything else breaks it.
+_LETTER, _MID, _BREAK = 0, 1, 2
+_MID_CHARACTERS = frozenset(
+    "'.:\u00b7\u0387\u055f\u05f4\u2018\u2019\u2024\u2027\ufe13\ufe52\ufe55\uff07\uff0e\uff1a"
+)
+
+
+def _word_class(ch: str) -> int:
+    if ch in _MID_CHARACTERS:
+        return _MID
+    category = unicodedata.category(ch)
+    if category == "Cf":
+        return _MID
+    if category[0] in "LM" or category in ("Nd", "Nl", "Pc"):
+        return _LETTER
+    return _BREAK
+
+
+def _is_cased(ch: str) -> bool:
+    return unicodedata.category(ch) in ("Lu", "Ll", "Lt") or ch.lower() != ch or ch.upper() != ch
 
 
 def _fn_title(value: object) -> str:
-    """Go's deprecated ``strings.Title``: upper-case the first letter of every word."""
+    """Choria's ``Title``/``Capitalize``: ``cases.Title(language.AmericanEnglish)``.
+
+    The first cased letter of every word is title-cased and the rest of the word lower-cased
+    (``hELLO wORLD`` is ``Hello World``); ``o'neil`` and ``v1.2`` are one word each, a digit does
+    not start a word (``3rd`` is ``3Rd``, as in Go).
+    """
     text = _expect_string(value)
     out: list[str] = []
-    previous = " "
-    for ch in text:
-        out.append(_simple_case(ch, ch.title(), ch.upper()) if _is_separator(previous) else ch)
-        previous = ch
+    in_word = False
+    was_mid = False
+    for index, ch in enumerate(text):
+        kind = _word_class(ch)
+        if was_mid and kind == _MID:
+            in_word = False  # two "mid" characters in a row end the word
+        if _is_cased(ch):
+            if not in_word:
+                out.append(ch.title())
+                in_word = True
+            else:
+                out.append(_lower_in_word(text, index))
+        else:
+            out.append(ch)
+            if kind == _BREAK:
+                in_word = False
+        was_mid = kind == _MID
     return "".join(out)
+
+
+def _lower_in_word(text: str, index: int) -> str:
+    ch = text[index]
+    if ch != "\u03a3":
+        return ch.lower()
+    # Greek capital sigma: final form unless a cased letter follows (after case-ignorables).
+    for following in text[index + 1 :]:
+        if _is_cased(following):
+            return "\u03c3"
+        ignorable = following in _MID_CHARACTERS or unicodedata.category(following) in (
+            "Mn",
+            "Me",
+            "Cf",
+            "Lm",
+            "Sk",
+        )
+        if not ignorable:
+            break
+    return "\u03c2"
 
 
 def _fn_strings_join(items: object) -> str:
@@ -1609,6 +1669,8 @@ class Template:
         """
         if self._constant is not None:
             return self._constant
+        if dot is None:
+            dot = _MISSING  # Go's Execute(w, nil): an invalid dot, "no value" through any field
         st = _State(functions, dot, escape)
         for node in self._nodes:
             node.run(st, dot)

@@ -23,6 +23,7 @@ from machinery.core.clock import Ticker
 from machinery.core.machine import WatcherStatus
 from machinery.core.notifications import WatcherStateNotification
 from machinery.core.wakeup import STATE_CHANGED, TICK, Wakeup
+from machinery.lang.gojson import GoJSONError
 from machinery.spec.kinds import Problem
 from machinery.spec.models import MachineSpec, WatcherProperties, WatcherSpec
 
@@ -108,7 +109,15 @@ class Watcher(ABC, Generic[P]):
         return self.machine.should_watch(self.spec)
 
     def publish(self) -> None:
-        self.machine.publish(self.current_state())
+        state = self.current_state()
+        try:
+            state.encoded_data()  # encoded once here, reused by every sink
+        except GoJSONError as exc:
+            # Choria's json.Marshal fails on the same values (NaN, infinities) and the event is
+            # not published; say why once here rather than in every sink.
+            self.log_error(f"Could not publish the watcher state: {exc}")
+            return
+        self.machine.publish(state)
 
     async def fire(self, event: str) -> None:
         if event:

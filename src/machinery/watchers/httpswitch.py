@@ -28,6 +28,7 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
+from machinery.core.notifications import GoMap
 from machinery.core.wakeup import STATE_CHANGED
 from machinery.spec.diagnostics import did_you_mean
 from machinery.spec.kinds import Problem
@@ -248,7 +249,7 @@ class HttpSwitchWatcher(Watcher[HttpSwitchProperties]):
         return {
             "status": self.switch_status,
             "is_on": self.is_on,
-            "annotations": dict(self.properties.annotations),
+            "annotations": GoMap(self.properties.annotations),
         }
 
     @classmethod

@@ -32,6 +32,7 @@ from typing import Any, Protocol
 
 from pydantic import Field
 
+from machinery.core.notifications import GoMap
 from machinery.core.process import CommandRequest
 from machinery.lang.cmdline import render_command
 from machinery.lang.perfdata import parse_perfdata
@@ -377,10 +378,11 @@ class MetricWatcher(PolledWatcher[MetricProperties]):
 
     def state_fields(self) -> dict[str, Any]:
         last = self.last_metric or {"labels": {}, "metrics": {}, "time": 0}
-        metrics = dict(last["metrics"])
-        metrics[RUNTIME_METRIC] = self.previous_run_time
+        # Go: labels map[string]string, metrics map[string]float64 (keys sorted on the wire).
+        metrics = GoMap({name: float(value) for name, value in last["metrics"].items()})
+        metrics[RUNTIME_METRIC] = float(self.previous_run_time)
         return {
-            "metrics": {"labels": dict(last["labels"]), "metrics": metrics, "time": last["time"]}
+            "metrics": {"labels": GoMap(last["labels"]), "metrics": metrics, "time": last["time"]}
         }
 
     @classmethod

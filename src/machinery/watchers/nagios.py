@@ -35,6 +35,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from pydantic import Field
 
+from machinery.core.notifications import GoMap
 from machinery.core.process import CommandRequest, resolve_program
 from machinery.core.wakeup import STATE_CHANGED
 from machinery.lang.cmdline import CommandArgument, split_command
@@ -43,7 +44,7 @@ from machinery.lang.gjson import GJSONPathError
 from machinery.lang.gjson import lookup as gjson_lookup
 from machinery.lang.gofmt import go_format_value
 from machinery.lang.perfdata import PerfData, parse_perfdata
-from machinery.lang.template import TemplateError
+from machinery.lang.template import Template, TemplateError, parse_template
 from machinery.spec.kinds import Problem
 from machinery.spec.models import MachineSpec, WatcherProperties, WatcherSpec
 from machinery.spec.types import Duration
@@ -122,6 +123,14 @@ def _plugin_command(text: str) -> tuple[CommandArgument, ...]:
     return tuple(split_command(text, _PLUGIN_FUNCTIONS))
 
 
+def _plugin_line(text: str) -> Template | None:
+    """The whole plugin line as one template (None: only its words parse; shown re-quoted)."""
+    try:
+        return parse_template(text, _PLUGIN_FUNCTIONS)
+    except TemplateError:
+        return None
+
+
 def gjson_string(value: object) -> str:
     """gjson's ``Result.String()`` for a decoded JSON value."""
     if value is None:
@@ -141,13 +150,13 @@ def gjson_string(value: object) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
-def _rfc3339nano(wall: float) -> str:
-    """Go's ``time.RFC3339Nano`` of a UTC wall time (trailing zeros of the fraction dropped)."""
-    micros = round(wall * 1_000_000)
-    seconds, fraction = divmod(micros, 1_000_000)
+def _rfc3339nano(wall_ns: int) -> str:
+    """Go's ``time.RFC3339Nano`` of a UTC wall time in Unix nanoseconds (trailing zeros of the
+    fraction dropped), as a Go ``time.Time`` marshals to JSON."""
+    seconds, fraction = divmod(wall_ns, 1_000_000_000)
     text = datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
     if fraction:
-        text += "." + f"{fraction:06d}".rstrip("0")
+        text += "." + f"{fraction:09d}".rstrip("0")
     return text + "Z"
 
 
@@ -256,6 +265,8 @@ class NagiosWatcher(PolledWatcher[NagiosProperties]):
         super().__init__(*args, **kwargs)
         plugin = self.properties.plugin
         self._arguments = _plugin_command(plugin) if plugin else ()
+        # Choria publishes the whole line as rendered: kept for the events, never executed.
+        self._plugin_line = _plugin_line(plugin) if plugin else None
         self.previous = NOTCHECKED
         self.previous_plugin = ""
         self.previous_output = ""
@@ -314,8 +325,8 @@ class NagiosWatcher(PolledWatcher[NagiosProperties]):
             self.record("skipped")
             return
         clock = self.machine.clock
-        started = clock.now()
-        self.previous_check = started
+        started_ns = clock.now_ns()
+        self.previous_check = started_ns / 1e9
         self._previous_check_monotonic = clock.monotonic()
         began = time.monotonic()
         try:
@@ -328,7 +339,7 @@ class NagiosWatcher(PolledWatcher[NagiosProperties]):
             self.log_debug(f"Check returned {STATUS_NAMES[status]}, ignored")
             return
         self.previous = status
-        entry: dict[str, Any] = {"execute": _rfc3339nano(started), "status": status}
+        entry: dict[str, Any] = {"execute": _rfc3339nano(started_ns), "status": status}
         if self.previous_perfdata:
             entry["perfdata"] = [p.to_json() for p in self.previous_perfdata]
         self.history = [*self.history[-(HISTORY_SIZE - 1) :], entry]
@@ -357,7 +368,7 @@ class NagiosWatcher(PolledWatcher[NagiosProperties]):
 
     async def _run_plugin(self) -> tuple[int, str]:
         try:
-            argv = self._render_plugin()
+            argv, line = self._render_plugin()
         except TemplateError as exc:
             message = f"could not process overrides for plugin command: {exc}"
             self._failed(message)
@@ -366,7 +377,7 @@ class NagiosWatcher(PolledWatcher[NagiosProperties]):
             message = "plugin command is empty after rendering"
             self._failed(message)
             return UNKNOWN, message
-        self.previous_plugin = shlex.join(argv)
+        self.previous_plugin = line
         machine = self.machine
         request = CommandRequest(
             argv=argv,
@@ -390,7 +401,8 @@ class NagiosWatcher(PolledWatcher[NagiosProperties]):
         self.status.last_error = None
         return code, result.text
 
-    def _render_plugin(self) -> list[str]:
+    def _render_plugin(self) -> tuple[list[str], str]:
+        """The argv to run (each word rendered alone) and the whole line as Choria renders it."""
         loaded = False
         overrides: Any = None
 
@@ -414,7 +426,10 @@ class NagiosWatcher(PolledWatcher[NagiosProperties]):
             value = argument.template.render({}, functions, escape=go_html_escape)
             if value or argument.quoted:
                 argv.append(value)
-        return argv
+        line = shlex.join(argv)
+        if self._plugin_line is not None:
+            line = self._plugin_line.render({}, functions, escape=go_html_escape)
+        return argv, line
 
     def _load_overrides(self) -> Any:
         """The Scout overrides document, or None when there is none or it cannot be read."""
@@ -529,9 +544,9 @@ class NagiosWatcher(PolledWatcher[NagiosProperties]):
             if self.previous_check is not None
             else GO_ZERO_TIME,
             "perfdata": [p.to_json() for p in self.previous_perfdata] or None,
-            "runtime": self.previous_run_time,
+            "runtime": float(self.previous_run_time),
             "history": [dict(entry) for entry in self.history],
-            "annotations": dict(self.properties.annotations),
+            "annotations": GoMap(self.properties.annotations),
         }
 
     @classmethod
