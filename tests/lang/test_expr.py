@@ -1003,3 +1003,23 @@ def test_reduce_needs_an_initial_value_for_an_empty_array() -> None:
         "reduce(): reduce of empty array with no initial value"
     )
     assert ev("reduce(['a', 'b'], #acc + #, '>')") == ">ab"
+
+
+def test_to_json_is_go_marshal_indent() -> None:
+    # Written out as Go's json.MarshalIndent(v, "", "  ") prints it: map keys sorted, Go's
+    # floats and HTML escapes, empty arrays and objects on one line, times in RFC 3339.
+    source = 'toJSON({b: [], a: [1, 2.5, {}], c: "<x>", d: 1e-7, t: date("2024-01-02")})'
+    assert ev(source) == (
+        "{\n"
+        '  "a": [\n'
+        "    1,\n"
+        "    2.5,\n"
+        "    {}\n"
+        "  ],\n"
+        '  "b": [],\n'
+        '  "c": "\\u003cx\\u003e",\n'
+        '  "d": 1e-7,\n'
+        '  "t": "2024-01-02T00:00:00Z"\n'
+        "}"
+    )
+    assert runtime_error("toJSON(1 / 0)").message == "toJSON(): json: unsupported value: +Inf"

@@ -82,17 +82,18 @@ import math
 import re
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
-from decimal import Decimal
 from typing import Any, Final, NoReturn
 
 from machinery.lang.duration import DurationError, parse_go_duration
-from machinery.lang.gofmt import go_sprint, sorted_map_items
+from machinery.lang.gofmt import go_sprint
+from machinery.lang.gojson import GoJSONError, GoMap, go_json, go_json_indent
 from machinery.lang.gotime import (
     DATE_LAYOUTS,
     GoDuration,
     GoLocation,
     GoTime,
     TimeError,
+    format_time,
     load_location,
     parse_time,
 )
@@ -1380,7 +1381,10 @@ def _b_from_pairs(args: list[object], ctx: _Context) -> object:
 
 
 def _b_to_json(args: list[object], ctx: _Context) -> object:
-    return _check_string(_go_json_indent(args[0], ""))
+    try:
+        return _check_string(go_json_indent(go_json(_go_value(args[0]))))
+    except GoJSONError as exc:
+        raise _Fault(str(exc)) from None
 
 
 def _b_from_json(args: list[object], ctx: _Context) -> object:
@@ -1514,78 +1518,20 @@ def _b_timezone(args: list[object], ctx: _Context) -> object:
         raise _Fault(str(exc)) from None
 
 
-def _go_json_indent(value: object, indent: str) -> str:
-    """Go's ``json.MarshalIndent(value, "", "  ")``."""
-    inner = indent + "  "
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return _go_json_number(value)
-    if isinstance(value, str):
-        return _go_json_string(value)
-    if isinstance(value, GoTime):
-        return _go_json_string(value.member("Format")("2006-01-02T15:04:05.999999999Z07:00"))  # type: ignore[misc]
-    if isinstance(value, GoDuration):
-        return str(value.nanos)
-    if isinstance(value, GoLocation):
-        return "{}"
-    if _is_array(value):
-        if not value:
-            return "[]"
-        items = [inner + _go_json_indent(item, inner) for item in value]  # type: ignore[attr-defined]
-        return "[\n" + ",\n".join(items) + "\n" + indent + "]"
+def _go_value(value: object) -> object:
+    """``value`` as Go's ``encoding/json`` sees it: expr-lang's maps are Go maps (sorted keys),
+    times are RFC 3339 strings, durations nanoseconds, locations empty structs."""
     if isinstance(value, Mapping):
-        if not value:
-            return "{}"
-        pairs = [
-            f"{inner}{_go_json_string(_text(key))}: {_go_json_indent(item, inner)}"
-            for key, item in sorted_map_items(value)
-        ]
-        return "{\n" + ",\n".join(pairs) + "\n" + indent + "}"
-    raise _Fault(f"json: unsupported type: {_type_name(value)}")
-
-
-def _go_json_number(value: float) -> str:
-    if not math.isfinite(value):
-        raise _Fault(f"json: unsupported value: {go_sprint(value)}")
-    magnitude = abs(value)
-    if magnitude != 0 and (magnitude < 1e-6 or magnitude >= 1e21):
-        mantissa, _, exponent = repr(value).partition("e")
-        sign = "-" if exponent.startswith("-") else "+"
-        return f"{mantissa.removesuffix('.0')}e{sign}{int(exponent.lstrip('+-')):d}"
-    text = format(Decimal(repr(value)), "f")
-    return text.removesuffix(".0") if "." in text and text.endswith(".0") else text
-
-
-_JSON_ESCAPES: Final = {
-    '"': '\\"',
-    "\\": "\\\\",
-    "\n": "\\n",
-    "\r": "\\r",
-    "\t": "\\t",
-    "<": "\\u003c",
-    ">": "\\u003e",
-    "&": "\\u0026",
-    "\u2028": "\\u2028",
-    "\u2029": "\\u2029",
-}
-
-
-def _go_json_string(text: str) -> str:
-    out = []
-    for char in text:
-        escaped = _JSON_ESCAPES.get(char)
-        if escaped is not None:
-            out.append(escaped)
-        elif char < " ":
-            out.append(f"\\u{ord(char):04x}")
-        else:
-            out.append(char)
-    return '"' + "".join(out) + '"'
+        return GoMap({_text(key): _go_value(item) for key, item in value.items()})
+    if _is_array(value):
+        return [_go_value(item) for item in value]  # type: ignore[attr-defined]
+    if isinstance(value, GoTime):
+        return format_time(value, "2006-01-02T15:04:05.999999999Z07:00")
+    if isinstance(value, GoDuration):
+        return value.nanos
+    if isinstance(value, GoLocation):
+        return {}
+    return value
 
 
 def _b_ceil(args: list[object], ctx: _Context) -> object:

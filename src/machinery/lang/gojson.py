@@ -17,7 +17,7 @@ from typing import Any
 
 from machinery.lang.gofmt import go_json_float
 
-__all__ = ["GoJSONError", "GoMap", "go_json", "go_json_escapes"]
+__all__ = ["GoJSONError", "GoMap", "go_json", "go_json_escapes", "go_json_indent"]
 
 _GO_ESCAPES = str.maketrans(
     {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
@@ -131,3 +131,47 @@ def _encode_object(items: Iterable[tuple[Any, Any]], out: list[str]) -> None:
         out.append(":")
         _encode_value(item, out)
     out.append("}")
+
+
+def go_json_indent(text: str, indent: str = "  ") -> str:
+    """Go's ``json.Indent(dst, text, "", indent)`` of compact JSON ``text``: what
+    ``json.MarshalIndent`` writes (one element per line, ``": "`` after keys, empty arrays and
+    objects kept as ``[]`` and ``{}``)."""
+    out: list[str] = []
+    depth = 0
+    in_string = False
+    escaped = False
+    length = len(text)
+    i = 0
+    while i < length:
+        char = text[i]
+        if in_string:
+            out.append(char)
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+            out.append(char)
+        elif char in "[{":
+            closing = "]" if char == "[" else "}"
+            if i + 1 < length and text[i + 1] == closing:
+                out.append(char + closing)
+                i += 1
+            else:
+                depth += 1
+                out.append(char + "\n" + indent * depth)
+        elif char in "]}":
+            depth -= 1
+            out.append("\n" + indent * depth + char)
+        elif char == ",":
+            out.append(",\n" + indent * depth)
+        elif char == ":":
+            out.append(": ")
+        else:
+            out.append(char)
+        i += 1
+    return "".join(out)
