@@ -31,7 +31,10 @@ class Run:
     def events(self) -> list[dict[str, Any]]:
         if not self.events_file.exists():
             return []
-        return [json.loads(line) for line in self.events_file.read_text().splitlines() if line]
+        text = self.events_file.read_text()
+        # Only whole lines: the agent may be half way through writing the last one.
+        complete = text[: text.rfind("\n") + 1]
+        return [json.loads(line) for line in complete.splitlines() if line]
 
     def transitions(self) -> list[tuple[str, str, str, str]]:
         return [
