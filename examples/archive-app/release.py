@@ -47,6 +47,11 @@ def write_atomically(path: Path, data: bytes) -> None:
     os.replace(temporary, path)
 
 
+def mapping(value: Any) -> dict[str, Any]:
+    """``value`` when it is a JSON object, else an empty one: data may hold anything."""
+    return value if isinstance(value, dict) else {}
+
+
 def machine_data() -> dict[str, Any]:
     """The machine's data, from the file the exec watcher names in WATCHER_DATA."""
     name = os.environ.get("WATCHER_DATA")
@@ -56,7 +61,7 @@ def machine_data() -> dict[str, Any]:
         data = json.loads(Path(name).read_text())
     except (OSError, ValueError):
         return {}
-    return data if isinstance(data, dict) else {}
+    return mapping(data)
 
 
 def build(version: str, status: str, www: Path) -> tuple[str, str]:
@@ -66,9 +71,10 @@ def build(version: str, status: str, www: Path) -> tuple[str, str]:
     files["SHA256SUMS"] = sums.encode()
     buffer = io.BytesIO()
     # No time stamps anywhere: the same release always packs to the same bytes and checksum.
-    with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as packed, tarfile.open(
-        fileobj=packed, mode="w"
-    ) as archive:
+    with (
+        gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as packed,
+        tarfile.open(fileobj=packed, mode="w") as archive,
+    ):
         directory = tarfile.TarInfo("app")
         directory.type, directory.mode = tarfile.DIRTYPE, 0o755
         archive.addfile(directory)
@@ -135,8 +141,8 @@ def publish(request_file: str, www_dir: str) -> None:
     checksum, sums = build(version, status, www)
     port = ensure_server(www)
     data = machine_data()
-    current = data.get("release") if isinstance(data.get("release"), dict) else {}
-    previous = data.get("previous_release") if isinstance(data.get("previous_release"), dict) else {}
+    current = mapping(data.get("release"))
+    previous = mapping(data.get("previous_release"))
     if current.get("version") and current.get("version") != version:
         previous = current  # what to roll back to if this release turns out bad
     release = {"version": version, "checksum": checksum, "sums": sums}
@@ -145,10 +151,10 @@ def publish(request_file: str, www_dir: str) -> None:
 
 def rollback(www_dir: str) -> None:
     data = machine_data()
-    previous = data.get("previous_release")
-    if not isinstance(previous, dict) or not previous.get("version"):
+    previous = mapping(data.get("previous_release"))
+    if not previous.get("version"):
         fail("there is no previous release to roll back to")
-    current = data.get("release") if isinstance(data.get("release"), dict) else {}
+    current = mapping(data.get("release"))
     www = Path(www_dir)
     if not (www / f"app-{previous['version']}.tgz").is_file():
         fail(f"the previous release {previous['version']} is no longer in {www}")
@@ -197,9 +203,11 @@ def serve(www_dir: str) -> None:
     server.timeout = 1.0
     server.last_request = time.monotonic()
     write_atomically(www / "server.json", json.dumps({"port": server.server_port}).encode())
-    with contextlib.closing(server):
+    try:
         while time.monotonic() - server.last_request < IDLE_SECONDS:
             server.handle_request()
+    finally:
+        server.server_close()
     with contextlib.suppress(OSError, ValueError):
         if json.loads((www / "server.json").read_text()).get("port") == server.server_port:
             (www / "server.json").unlink()

@@ -14,7 +14,7 @@ import argparse
 import json
 import sys
 import time
-import urllib.error
+import urllib.parse
 import urllib.request
 
 
@@ -34,7 +34,7 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait")
     parser.add_argument("--every", type=float, default=10.0, help="seconds between questions")
     args = parser.parse_args()
-    url = f"{args.agent.rstrip('/')}/api/v1/machines/{urllib.request.quote(args.machine)}"
+    url = f"{args.agent.rstrip('/')}/api/v1/machines/{urllib.parse.quote(args.machine, safe='')}"
     deadline = time.monotonic() + args.timeout
     while True:
         try:
