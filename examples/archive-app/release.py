@@ -154,6 +154,8 @@ def rollback(www_dir: str) -> None:
     previous = mapping(data.get("previous_release"))
     if not previous.get("version"):
         fail("there is no previous release to roll back to")
+    if not isinstance(previous["version"], str) or not VERSION.match(previous["version"]):
+        fail(f"the previous release has an invalid version: {previous['version']!r}")
     current = mapping(data.get("release"))
     www = Path(www_dir)
     if not (www / f"app-{previous['version']}.tgz").is_file():
@@ -202,7 +204,9 @@ def serve(www_dir: str) -> None:
     )
     server.timeout = 1.0
     server.last_request = time.monotonic()
-    write_atomically(www / "server.json", json.dumps({"port": server.server_port}).encode())
+    # The pid is there to stop the server early: kill "$(jq .pid world/www/server.json)".
+    state = {"port": server.server_port, "pid": os.getpid()}
+    write_atomically(www / "server.json", json.dumps(state).encode())
     try:
         while time.monotonic() - server.last_request < IDLE_SECONDS:
             server.handle_request()
