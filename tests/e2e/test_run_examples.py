@@ -69,11 +69,12 @@ def run_example(tmp_path: Path) -> Iterator[Any]:
         dirs = []
         for name in names:
             target = tmp_path / name
-            shutil.copytree(
-                ROOT / "examples" / name,
-                target,
-                ignore=shutil.ignore_patterns("world", "machine_data.json"),
-            )
+            if not target.exists():  # a machine nested in an example copied before it
+                shutil.copytree(
+                    ROOT / "examples" / name,
+                    target,
+                    ignore=shutil.ignore_patterns("world", "machine_data.json"),
+                )
             dirs.append(target)
         events, log = tmp_path / "events.jsonl", tmp_path / "run.log"
         process = subprocess.Popen(

@@ -192,3 +192,54 @@ def test_simulate_with_a_script(tmp_path: Path) -> None:
     assert "monitor (exec) active" in result.output
     assert "bogus: not valid in this state" in result.output
     assert result.exit_code == 0
+
+
+def test_a_one_shot_outcome_answers_the_next_run_even_after_a_standing_one(
+    tmp_path: Path,
+) -> None:
+    machine = tmp_path / "flaky"
+    machine.mkdir()
+    (machine / "machine.yaml").write_text(
+        textwrap.dedent("""\
+        name: flaky
+        version: 1.0.0
+        initial_state: up
+        transitions:
+          - name: failed
+            from: [up]
+            destination: down
+          - name: recovered
+            from: [down]
+            destination: up
+        watchers:
+          - name: probe
+            type: exec
+            state_match: [up]
+            interval: 1m
+            fail_transition: failed
+            properties:
+              command: ./probe.sh
+          - name: repair
+            type: timer
+            state_match: [down]
+            fail_transition: recovered
+            properties:
+              timer: 1m
+        """)
+    )
+    (machine / "flaky.test.yaml").write_text(
+        textwrap.dedent("""\
+        steps:
+          - exec: {watcher: probe, exit: 0}
+          - exec: {watcher: probe, exit: 1, once: true}
+          - advance: 1m
+          - expect: {state: down, transitions: [failed]}
+          - advance: 1m
+          - expect: {state: up, transitions: [recovered]}
+          - advance: 5m
+          - expect: {state: up, transitions: []}
+        """)
+    )
+    result = runner.invoke(app, ["test", str(machine)])
+    assert result.exit_code == 0, result.output
+    assert "1 passed" in result.output

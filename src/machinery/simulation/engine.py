@@ -82,9 +82,15 @@ class ScriptedRunner:
 
     def script(self, watcher: str, outcome: CommandOutcome) -> None:
         queue = self.outcomes.setdefault(watcher, [])
-        if not outcome.once:
-            queue[:] = [o for o in queue if o.once]
-        queue.append(outcome)
+        one_shots = [o for o in queue if o.once]
+        standing = [o for o in queue if not o.once]
+        if outcome.once:
+            one_shots.append(outcome)
+        else:
+            standing = [outcome]
+        # One-shot outcomes come first, so "only its next run" holds even after a standing
+        # outcome was scripted; the standing one stays last, answering every run after them.
+        queue[:] = one_shots + standing
 
     async def run(self, request: CommandRequest) -> CommandResult:
         watcher = request.env.get("MACHINE_WATCHER_NAME", "")
