@@ -84,7 +84,11 @@ class ScriptedRunner:
         queue = self.outcomes.setdefault(watcher, [])
         if not outcome.once:
             queue[:] = [o for o in queue if o.once]
-        queue.append(outcome)
+            queue.append(outcome)
+            return
+        # One-off outcomes come before the standing one (kept last), in the order scripted.
+        standing = len(queue) if not queue or queue[-1].once else len(queue) - 1
+        queue.insert(standing, outcome)
 
     async def run(self, request: CommandRequest) -> CommandResult:
         watcher = request.env.get("MACHINE_WATCHER_NAME", "")
