@@ -68,9 +68,12 @@ def test_example_scripts_are_safe_to_run(example: str) -> None:
     ):
         mode = script.stat().st_mode
         assert mode & 0o100, f"{script.name} is not executable"
-        assert not mode & 0o022, f"{script.name} is group- or world-writable"
+        # Group-writable is left to the checkout's umask (002 is common); world-writable never is.
+        assert not mode & 0o002, f"{script.name} is world-writable"
         first_line = script.read_text().splitlines()[0]
-        assert first_line in ("#!/bin/sh", "#!/usr/bin/env python3"), f"{script.name}: {first_line}"
+        assert first_line == "#!/bin/sh" or re.fullmatch(
+            r"#!(/usr/bin/env )?/?\S*python3", first_line
+        ), f"{script.name}: {first_line}"
 
 
 @pytest.mark.parametrize("example", example_names())
