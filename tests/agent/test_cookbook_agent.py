@@ -1,11 +1,13 @@
-"""The cookbook's governor examples in a real agent: what scenarios cannot show (they have no
-governor). Several copies of one example stand for several nodes; without NATS they share the
-agent's local governors, whose capacity is 1.
+"""Cookbook examples in a real agent, for what their scenarios cannot show: governors (the
+simulation has none), Scout overrides and the node_exporter textfile. For the governors, copies
+of one example stand for several nodes; without NATS they share the agent's local governors,
+whose capacity is 1.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -126,3 +128,48 @@ async def test_leader_cron_makes_one_report_per_period_however_many_nodes_are_du
     assert len(reports) == 1, reports
     assert reports[0].endswith(" report made by agent.example.net")
     assert (shared / "last_run").read_text().split()[0] == reports[0].split()[0]
+
+
+async def test_scout_check_uses_the_overrides_remediates_and_exports_its_status(
+    tmp_path: Path, agent_factory: Any
+) -> None:
+    overrides = tmp_path / "overrides.json"
+    overrides.write_text(json.dumps({"check_queue": {"warn": 50, "crit": 200}}))
+    textfiles = tmp_path / "textfile"
+    textfiles.mkdir()
+    prom = textfiles / "choria_machine_nagios_watcher_status.prom"
+    settings = {"overrides_file": str(overrides), "textfile_directory": str(textfiles)}
+    async with agent_factory(("scout-health-check",), **settings) as run:
+        world = run.store / "scout-health-check" / "world"
+        world.mkdir()
+        # 250 is only WARNING with the example's default thresholds (100/500), CRITICAL with the
+        # overrides (50/200). FORCE_CHECK checks at once instead of after the first splay.
+        (world / "queue_depth").write_text("250\n")
+        await wait_for_states(run, {"check_queue": "UNKNOWN"}, timeout=10)
+        forced = await run.http.post(
+            "/api/v1/machines/check_queue/transition", json={"transition": "FORCE_CHECK"}
+        )
+        assert forced.status_code == 200, forced.text
+        await run.wait(
+            lambda: (world / "remediation.log").exists(), timeout=30, what="the remediation"
+        )
+        assert (world / "remediation.log").read_text().split()[1:] == ["drained", "250", "messages"]
+        assert (world / "queue_depth").read_text() == "0\n"
+        # The gauge's value is the status code, as in Choria.
+        await run.wait(
+            lambda: prom.exists() and 'status="CRITICAL"} 2' in prom.read_text(),
+            timeout=10,
+            what="CRITICAL in the textfile",
+        )
+        watchers = (await run.http.get("/api/v1/machines/check_queue/watchers")).json()
+        check = next(w for w in watchers["watchers"] if w["name"] == "check")
+        assert "./check_queue.sh -w 50 -c 200" in json.dumps(check)
+        # The drained queue is OK at the next check, forced here rather than waited for.
+        forced = await run.http.post(
+            "/api/v1/machines/check_queue/transition", json={"transition": "FORCE_CHECK"}
+        )
+        assert forced.status_code == 200, forced.text
+        await wait_for_states(run, {"check_queue": "OK"}, timeout=30)
+        await run.wait(
+            lambda: 'status="OK"} 0' in prom.read_text(), timeout=10, what="OK in the textfile"
+        )
