@@ -150,11 +150,11 @@ async def test_scout_check_uses_the_overrides_remediates_and_exports_its_status(
             "/api/v1/machines/check_queue/transition", json={"transition": "FORCE_CHECK"}
         )
         assert forced.status_code == 200, forced.text
+        # drain_queue.sh logs, then replaces the depth: wait for the last of the two.
         await run.wait(
-            lambda: (world / "remediation.log").exists(), timeout=30, what="the remediation"
+            lambda: (world / "queue_depth").read_text() == "0\n", timeout=30, what="the remediation"
         )
         assert (world / "remediation.log").read_text().split()[1:] == ["drained", "250", "messages"]
-        assert (world / "queue_depth").read_text() == "0\n"
         # The gauge's value is the status code, as in Choria.
         await run.wait(
             lambda: prom.exists() and 'status="CRITICAL"} 2' in prom.read_text(),
