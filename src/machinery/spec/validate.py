@@ -8,6 +8,7 @@ See ``docs/manifest.md`` for the full list.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import re
 from collections.abc import Iterable, Mapping
@@ -229,11 +230,35 @@ class _Checker:
     # -- structure (pydantic) --------------------------------------------------------------
 
     def _structure(self, data: dict[str, Any]) -> MachineSpec:
+        data = self._drop_unknown_keys(MachineSpec, data, ())
         try:
             return MachineSpec.model_validate(data)
         except ValidationError as exc:
             self._pydantic_errors(exc, (), MachineSpec)
         return self._salvage(MachineSpec, data, ())  # type: ignore[return-value]
+
+    def _drop_unknown_keys(self, model: type[BaseModel], data: Any, prefix: Path) -> Any:
+        """``data`` without the keys ``model`` does not know, each reported as a warning.
+
+        Choria decodes manifests and properties without refusing unused keys, so a key it does
+        not know (a typo, or a setting for a newer version) must not stop a machine it runs.
+        """
+        try:
+            model.model_validate(data)
+        except ValidationError as exc:
+            unknown = [e["loc"] for e in exc.errors() if e["type"] == "extra_forbidden"]
+        else:
+            return data
+        if not unknown:
+            return data
+        data = copy.deepcopy(data)
+        for loc in unknown:
+            self._unknown_key((*prefix, *loc), prefix, model)
+            container: Any = data
+            for step in loc[:-1]:
+                container = container[step]
+            container.pop(loc[-1], None)
+        return data
 
     def _salvage(self, model: type[BaseModel], data: Any, path: Path) -> BaseModel:
         """Build the largest valid part of ``data`` so semantic checks can still run."""
@@ -292,13 +317,13 @@ class _Checker:
         valid = sorted(_field_keys(owner)) if owner is not None else []
         where = self.describe(parent) if parent else "the manifest"
         what = "property" if "properties" in parent else "key"
-        message = f"{where}: unknown {what} {key!r}"
+        message = f"{where}: unknown {what} {key!r} is ignored"
         hint = did_you_mean(key, valid)
         if hint:
             message += hint
         elif valid:
             message += f"; valid {(what == 'key' and 'keys') or 'properties'}: {', '.join(valid)}"
-        self.report(self._original_key_path(loc), message, at_key=True)
+        self.report(self._original_key_path(loc), message, Severity.WARNING, at_key=True)
 
     def _original_key_path(self, loc: Path) -> Path:
         # Property keys are matched case-insensitively; point at the key as written.
@@ -540,6 +565,7 @@ class _Checker:
                 self.warn((*props_path, key), model.ignored_keys[lowered])
                 continue
             raw[lowered] = value
+        raw = self._drop_unknown_keys(model, raw, props_path)
         try:
             properties = model.model_validate(raw)
         except ValidationError as exc:
