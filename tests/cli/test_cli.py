@@ -78,3 +78,89 @@ def test_run_refuses_a_missing_directory(tmp_path: Path) -> None:
     result = runner.invoke(app, ["run", str(tmp_path / "nope")])
     assert result.exit_code == 1
     assert "is not a directory" in result.output
+
+
+WATCHER_PROBLEMS = """\
+name: drawn
+version: 1.0.0
+initial_state: idle
+transitions:
+  - name: start
+    from: [idle]
+    destination: busy
+  - name: stop
+    from: [busy]
+    destination: idle
+watchers:
+  - name: future
+    type: teleporter
+    state_match: [idle]
+  - name: check
+    type: exec
+    state_match: [busy]
+    success_transition: stop
+    properties:
+      timeout: forever
+"""
+
+
+def test_graph_draws_a_machine_whose_watchers_have_problems(tmp_path: Path) -> None:
+    # choria machine graph loads the machine without creating its watchers: an unknown type or
+    # bad properties do not stop the drawing. The problems go to stderr.
+    (tmp_path / "machine.yaml").write_text(WATCHER_PROBLEMS)
+    result = runner.invoke(app, ["graph", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == (
+        "digraph fsm {\n"
+        '    "busy" -> "idle" [ label = "stop" ];\n'
+        '    "idle" -> "busy" [ label = "start" ];\n'
+        "\n"
+        '    "busy";\n'
+        '    "idle" [color = "red"];\n'
+        "}\n"
+    )
+    assert "unknown watcher type 'teleporter'" in result.stderr
+    assert "13:11:" in result.stderr
+    assert "timeout" in result.stderr
+    mermaid = runner.invoke(app, ["graph", "--format", "mermaid", str(tmp_path)])
+    assert mermaid.exit_code == 0 and mermaid.stdout.startswith("stateDiagram-v2\n")
+
+
+def test_graph_refuses_what_choria_refuses_at_load(tmp_path: Path) -> None:
+    # An unknown state in state_match fails Choria's Validate(): nothing to draw.
+    (tmp_path / "machine.yaml").write_text(
+        WATCHER_PROBLEMS.replace("state_match: [busy]", "state_match: [bsy]")
+    )
+    result = runner.invoke(app, ["graph", str(tmp_path)])
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert "invalid state 'bsy' in state_match" in result.stderr
+
+
+def test_validate_warnings_exit_zero_and_strict_makes_them_errors(tmp_path: Path) -> None:
+    (tmp_path / "machine.yaml").write_text(
+        WATCHER_PROBLEMS.replace("    type: teleporter\n", "    type: file\n    governor: X\n")
+        .replace("      timeout: forever\n", "      command: /bin/true\n")
+        .replace(
+            "    state_match: [idle]\n", "    state_match: [idle]\n    properties: {path: x}\n"
+        )
+    )
+    relaxed = runner.invoke(app, ["validate", str(tmp_path)])
+    assert relaxed.exit_code == 0, relaxed.output
+    assert "warning: watcher 'future': unknown key 'governor' is ignored" in relaxed.stderr
+    assert f"{tmp_path}: valid (1 warning)" in relaxed.stdout
+    strict = runner.invoke(app, ["validate", "--strict", str(tmp_path)])
+    assert strict.exit_code == 1
+    assert "warning:" not in strict.stderr
+    assert "watcher 'future': unknown key 'governor' is ignored" in strict.stderr
+    assert f"{tmp_path}: invalid, 1 error" in strict.stderr
+    as_json = runner.invoke(app, ["validate", "--strict", "--format", "json", str(tmp_path)])
+    document = json.loads(as_json.stdout)
+    assert as_json.exit_code == 1 and document["valid"] is False
+    [diagnostic] = document["results"][0]["diagnostics"]
+    assert diagnostic["severity"] == "error" and diagnostic["line"] == 14
+    relaxed_json = json.loads(
+        runner.invoke(app, ["validate", "--format", "json", str(tmp_path)]).stdout
+    )
+    assert relaxed_json["valid"] is True
+    assert relaxed_json["results"][0]["diagnostics"][0]["severity"] == "warning"

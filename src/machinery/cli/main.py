@@ -121,15 +121,24 @@ def validate(
     format: Annotated[
         OutputFormat, typer.Option("--format", help="text or json.")
     ] = OutputFormat.text,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Treat every warning as an error (exit 1).")
+    ] = False,
 ) -> None:
-    """Check manifests completely (structure, names, properties); exit 1 if any is invalid."""
+    """Check manifests completely (structure, names, properties); exit 1 if any is invalid.
+
+    Warnings (unknown keys, unreachable states, ...) do not make a manifest invalid: Choria runs
+    such machines. ``--strict`` turns them into errors, for CI pipelines that want none.
+    """
     from machinery.watchers.registry import check_manifest
 
     results = []
     all_valid = True
     for path in paths:
         manifest, diagnostics = check_manifest(path)
-        valid = manifest is not None
+        if strict:
+            diagnostics = [d.as_error() for d in diagnostics]
+        valid = manifest is not None and not any(d.is_error for d in diagnostics)
         all_valid &= valid
         results.append((path, valid, diagnostics))
     if format is OutputFormat.json:
@@ -146,12 +155,16 @@ def validate(
             _print_diagnostics(diagnostics)
             warnings = sum(1 for d in diagnostics if not d.is_error)
             if valid:
-                suffix = f" ({warnings} warning{'s' if warnings != 1 else ''})" if warnings else ""
+                suffix = f" ({_plural(warnings, 'warning')})" if warnings else ""
                 typer.echo(f"{path}: valid{suffix}")
             else:
                 errors = len(diagnostics) - warnings
-                typer.echo(f"{path}: invalid, {errors} error{'s' if errors != 1 else ''}", err=True)
+                typer.echo(f"{path}: invalid, {_plural(errors, 'error')}", err=True)
     raise typer.Exit(0 if all_valid else 1)
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'s' if count != 1 else ''}"
 
 
 def _print_diagnostics(diagnostics: list[Diagnostic]) -> None:
@@ -166,15 +179,21 @@ def graph(
         GraphFormat, typer.Option("--format", help="dot or mermaid.")
     ] = GraphFormat.dot,
 ) -> None:
-    """Print the machine's state graph."""
-    from machinery.spec.graph import to_dot, to_mermaid
-    from machinery.watchers.registry import check_manifest
+    """Print the machine's state graph.
 
-    manifest, diagnostics = check_manifest(path)
-    if manifest is None:
+    Like ``choria machine graph``, it draws any manifest whose states and transitions can be
+    read, even one whose watchers have problems; every problem is printed on stderr.
+    """
+    from machinery.spec.graph import to_dot, to_mermaid
+    from machinery.spec.validate import graph_manifest
+    from machinery.watchers.registry import default_registry
+
+    spec, diagnostics = graph_manifest(path, default_registry().kinds)
+    if spec is None:
         _print_diagnostics(diagnostics)
         raise typer.Exit(1)
-    text = to_dot(manifest.spec) if format is GraphFormat.dot else to_mermaid(manifest.spec)
+    _print_diagnostics(diagnostics)
+    text = to_dot(spec) if format is GraphFormat.dot else to_mermaid(spec)
     sys.stdout.write(text)
 
 

@@ -8,10 +8,11 @@ See ``docs/manifest.md`` for the full list.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path as FsPath
 from typing import Any
@@ -36,6 +37,7 @@ __all__ = [
     "Manifest",
     "check_manifest",
     "check_manifest_text",
+    "graph_manifest",
     "load_manifest",
     "manifest_file",
     "read_manifest_bytes",
@@ -97,24 +99,49 @@ def check_manifest(
 ) -> tuple[Manifest | None, list[Diagnostic]]:
     """Check the manifest at ``path``; returns the manifest (None when there are errors) and
     every diagnostic, warnings included. Never raises for bad input."""
+    read = _read_manifest(path)
+    if isinstance(read, list):
+        return None, read
+    text, shown, file, sha256 = read
+    return check_manifest_text(text, shown, kinds, directory=file.parent, file=file, sha256=sha256)
+
+
+def graph_manifest(
+    path: str | FsPath, kinds: Mapping[str, WatcherKind]
+) -> tuple[MachineSpec | None, list[Diagnostic]]:
+    """The machine to draw for ``path`` and every diagnostic, as ``choria machine graph`` does:
+    a manifest Choria loads is drawn even when its watchers have problems (unknown type, bad
+    properties: Choria only finds those when the machine starts). None when Choria's loader
+    refuses it (no initial state, no transitions, an unknown state in ``state_match``, ...)."""
+    read = _read_manifest(path)
+    if isinstance(read, list):
+        return None, read
+    text, shown, _, _ = read
+    spec, _, diagnostics, loads = _check_text(text, shown, kinds)
+    if spec is None or not loads or not any(t.name for t in spec.transitions):
+        return None, diagnostics
+    return spec, diagnostics
+
+
+def _read_manifest(path: str | FsPath) -> tuple[str, str, FsPath, str] | list[Diagnostic]:
+    """The text, shown name, file and SHA-256 of the manifest at ``path``, or why it cannot
+    be read."""
     file = manifest_file(path)
     shown = str(path if FsPath(path).is_file() else file)
     try:
         raw = read_manifest_bytes(file)
     except FileNotFoundError:
-        return None, [_at(shown, f"cannot read {file}: no such file")]
+        return [_at(shown, f"cannot read {file}: no such file")]
     except OSError as exc:
-        return None, [_at(shown, f"cannot read {file}: {exc.strerror or exc}")]
+        return [_at(shown, f"cannot read {file}: {exc.strerror or exc}")]
     if len(raw) > MAX_FILE_BYTES:
-        return None, [_at(shown, f"file is larger than {MAX_FILE_BYTES // 1024} KiB")]
+        return [_at(shown, f"file is larger than {MAX_FILE_BYTES // 1024} KiB")]
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
-        return None, [_at(shown, f"file is not UTF-8 text (byte {exc.start})", Position(line, 1))]
-    return check_manifest_text(
-        text, shown, kinds, directory=file.parent, file=file, sha256=hashlib.sha256(raw).hexdigest()
-    )
+        return [_at(shown, f"file is not UTF-8 text (byte {exc.start})", Position(line, 1))]
+    return text, shown, file, hashlib.sha256(raw).hexdigest()
 
 
 def check_manifest_text(
@@ -127,10 +154,7 @@ def check_manifest_text(
     sha256: str | None = None,
 ) -> tuple[Manifest | None, list[Diagnostic]]:
     """Check manifest ``text``; ``shown_name`` is the file name used in diagnostics."""
-    doc = load_yaml(text, shown_name)
-    checker = _Checker(doc, kinds)
-    spec, properties = checker.run()
-    diagnostics = sorted(checker.diagnostics, key=lambda d: (d.position, d.severity.value))
+    spec, properties, diagnostics, _ = _check_text(text, shown_name, kinds)
     if spec is None or any(d.is_error for d in diagnostics):
         return None, diagnostics
     path = file or FsPath(shown_name)
@@ -143,6 +167,20 @@ def check_manifest_text(
         warnings=tuple(diagnostics),
     )
     return manifest, diagnostics
+
+
+def _check_text(
+    text: str, shown_name: str, kinds: Mapping[str, WatcherKind]
+) -> tuple[MachineSpec | None, list[WatcherProperties], list[Diagnostic], bool]:
+    """The model, properties and sorted diagnostics of ``text``, and whether Choria's loader
+    would accept it (no error other than those it finds only when the machine starts)."""
+    doc = load_yaml(text, shown_name)
+    checker = _Checker(doc, kinds)
+    spec, properties = checker.run()
+    diagnostics = sorted(checker.diagnostics, key=lambda d: (d.position, d.severity.value))
+    beyond_load = {id(d) for d in checker.beyond_load}
+    loads = not any(d.is_error and id(d) not in beyond_load for d in diagnostics)
+    return spec, properties, diagnostics, loads
 
 
 def _at(file: str, message: str, position: Position | None = None) -> Diagnostic:
@@ -166,6 +204,10 @@ class _Checker:
     diagnostics: list[Diagnostic] = field(default_factory=list)
     # Paths whose value failed structural validation: semantic checks skip them.
     failed: set[Path] = field(default_factory=set)
+    # Problems Choria's loader does not see (it finds them when the machine starts, or never):
+    # ``machinery graph`` still draws a machine that has only these.
+    beyond_load: list[Diagnostic] = field(default_factory=list)
+    _beyond_load_depth: int = 0
 
     # -- reporting -----------------------------------------------------------------------
 
@@ -184,7 +226,19 @@ class _Checker:
             pos = self.doc.key_position(path)
         else:
             pos = self.doc.value_position(path)
-        self.diagnostics.append(Diagnostic(self.doc.file, pos, message, severity))
+        diagnostic = Diagnostic(self.doc.file, pos, message, severity)
+        self.diagnostics.append(diagnostic)
+        if self._beyond_load_depth:
+            self.beyond_load.append(diagnostic)
+
+    @contextlib.contextmanager
+    def beyond_choria_load(self) -> Iterator[None]:
+        """Problems reported inside are not ones Choria's loader refuses (see ``beyond_load``)."""
+        self._beyond_load_depth += 1
+        try:
+            yield
+        finally:
+            self._beyond_load_depth -= 1
 
     def warn(self, path: Path, message: str) -> None:
         self.report(path, message, Severity.WARNING)
@@ -222,9 +276,11 @@ class _Checker:
         spec = self._structure(data)
         self._machine(spec, data)
         known_states = set(spec.states())
-        self._transitions(spec, data)
+        with self.beyond_choria_load():
+            self._transitions(spec, data)
         properties = self._watchers(spec, data, known_states)
-        self._reachability(spec)
+        with self.beyond_choria_load():
+            self._reachability(spec)
         return spec, properties
 
     # -- structure (pydantic) --------------------------------------------------------------
@@ -363,11 +419,13 @@ class _Checker:
                 states = {s for t in spec.transitions for s in (*t.from_, t.destination) if s}
                 if spec.transitions and spec.initial_state not in states:
                     hint = did_you_mean(spec.initial_state, states)
+                    self._beyond_load_depth += 1
                     self.report(
                         ("initial_state",),
                         f"initial state {spec.initial_state!r} is not used by any transition"
                         f"{hint or '; states are named in from and destination'}",
                     )
+                    self._beyond_load_depth -= 1
         if ("transitions",) not in self.failed and not data.get("transitions"):
             self.report(("transitions",), "no transitions defined")
         if ("watchers",) not in self.failed and not data.get("watchers"):
@@ -445,17 +503,21 @@ class _Checker:
                 if (*path, "name") not in self.failed:
                     self.report(path, f"watcher #{index + 1} has no name")
             elif watcher.name in names:
+                self._beyond_load_depth += 1
                 first = self.doc.value_position(("watchers", names[watcher.name], "name")).line
                 self.report(
                     (*path, "name"),
                     f"duplicate watcher name {watcher.name!r} (first at line {first})",
                 )
+                self._beyond_load_depth -= 1
             else:
                 names[watcher.name] = index
             self._watcher_names(spec, watcher, path, known_states, transitions)
-            kind = self._watcher_kind(watcher, path)
-            self._watcher_intervals(watcher, path, kind)
-            properties.append(self._watcher_properties(spec, watcher, path, kind))
+            self._announce_interval(watcher, path)
+            with self.beyond_choria_load():
+                kind = self._watcher_kind(watcher, path)
+                self._watcher_interval(watcher, path, kind)
+                properties.append(self._watcher_properties(spec, watcher, path, kind))
         return properties
 
     def _watcher_names(
@@ -494,6 +556,11 @@ class _Checker:
             self.report(
                 (*path, key), f"invalid {key} {event!r} specified in watcher {watcher.name!r}{hint}"
             )
+        with self.beyond_choria_load():
+            self._foreign_states(spec, watcher, path)
+
+    def _foreign_states(self, spec: MachineSpec, watcher: WatcherSpec, path: Path) -> None:
+        # Choria checks these lazily, when the watcher runs.
         for i, foreign in enumerate(watcher.foreign_state_required):
             item: Path = (*path, "foreign_state_required", i)
             if item in self.failed:
@@ -527,9 +594,7 @@ class _Checker:
             )
         return kind
 
-    def _watcher_intervals(
-        self, watcher: WatcherSpec, path: Path, kind: WatcherKind | None
-    ) -> None:
+    def _announce_interval(self, watcher: WatcherSpec, path: Path) -> None:
         announce = watcher.announce_interval
         if announce is not None and announce != 0 and announce < _MIN_ANNOUNCE:
             self.report(
@@ -537,6 +602,8 @@ class _Checker:
                 f"announce interval {format_go_duration(announce)} is too small for watcher "
                 f"{watcher.name!r} (minimum 1m)",
             )
+
+    def _watcher_interval(self, watcher: WatcherSpec, path: Path, kind: WatcherKind | None) -> None:
         if kind is None or watcher.interval is None:
             return
         if not kind.uses_interval:
