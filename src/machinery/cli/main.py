@@ -93,6 +93,22 @@ def run(
         bool, typer.Option("--no-rate-limit", help="Disable the fast-transition rate limiter.")
     ] = False,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    nats: Annotated[
+        str | None,
+        typer.Option(
+            "--nats",
+            "--connect",
+            help="NATS server URLs (comma separated) for kv, gossip and governors.",
+        ),
+    ] = None,
+    credentials: CredentialsOption = None,
+    http: Annotated[
+        str | None,
+        typer.Option(
+            "--http",
+            help="Serve the machine HTTP routes (httpswitch, metric) on HOST:PORT.",
+        ),
+    ] = None,
 ) -> None:
     """Run machines in the foreground until interrupted (SIGINT/SIGTERM stop them cleanly)."""
     from machinery.agent.run import RunOptions, run_machines
@@ -110,6 +126,9 @@ def run(
         identity=identity,
         events=events,
         rate_limit=not no_rate_limit,
+        nats=nats,
+        credentials=credentials,
+        http=http,
     )
     install_child_watcher()
     raise typer.Exit(asyncio.run(run_machines(options)))
