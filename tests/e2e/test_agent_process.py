@@ -273,3 +273,46 @@ def test_loaded_machines_are_exempted_from_full_garbage_collections(agent: Agent
     )
     assert "1 machines loaded:" in line
     assert int(line.split("loaded: ")[1].split()[0]) > 10_000  # the agent's own objects too
+
+
+UNKNOWN_KEYS = """\
+name: ignoring
+version: 1.0.0
+initial_state: idle
+transitions:
+  - name: poke
+    from: [idle]
+    destination: idle
+watchers:
+  - name: hosts
+    type: file
+    state_match: [idle]
+    success_transition: poke
+    interval: 10s
+    "[b]retries": 3
+    properties:
+      path: /etc/hosts
+      governor: FILES
+"""
+
+
+def test_status_shows_the_warnings_of_a_running_machine(agent: AgentProcess) -> None:
+    # Choria runs a machine with keys it does not know; the agent does too, and `status` says
+    # what it ignored (the text in brackets must not be read as console markup).
+    write_machine(agent.store / "ignoring", UNKNOWN_KEYS)
+    agent.start()
+    agent.wait(
+        lambda: (m := agent.machine("ignoring")) is not None and m["status"] == "running",
+        what="the machine with unknown keys to run",
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "machinery", "status", "--agent", agent.url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if line.startswith("ignoring:")]
+    assert len(lines) == 2, result.stdout
+    assert "14:5: warning: watcher 'hosts': unknown key '[b]retries' is ignored" in lines[0]
+    assert "17:7: warning: watcher 'hosts': properties: unknown property 'governor'" in lines[1]

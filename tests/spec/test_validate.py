@@ -210,7 +210,9 @@ IGNORED_KEYS: list[tuple[str, tuple[str, str], list[str]]] = [
 
 
 @pytest.mark.parametrize(
-    ("change", "expected"), [(c, e) for _, c, e in IGNORED_KEYS], ids=[n for n, _, _ in IGNORED_KEYS]
+    ("change", "expected"),
+    [(c, e) for _, c, e in IGNORED_KEYS],
+    ids=[n for n, _, _ in IGNORED_KEYS],
 )
 def test_unknown_keys_are_warnings_and_the_machine_loads(
     tmp_path: Path, change: tuple[str, str], expected: list[str]

@@ -322,6 +322,7 @@ def status(
         typer.echo(json.dumps(machines, indent=2))
         return
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table("machine", "version", "status", "state", "since", "transitions", box=None)
@@ -343,7 +344,12 @@ def status(
     console.print(table)
     for entry in machines:
         for error in entry.get("errors") or []:
-            console.print(f"[red]{entry['name']}[/red]: {error}", highlight=False)
+            console.print(f"[red]{escape(entry['name'])}[/red]: {escape(error)}", highlight=False)
+        # A machine with warnings runs (as Choria runs it); the warnings say what it ignores.
+        for warning in entry.get("warnings") or []:
+            console.print(
+                f"[yellow]{escape(entry['name'])}[/yellow]: {escape(warning)}", highlight=False
+            )
 
 
 @app.command()
