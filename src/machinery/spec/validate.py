@@ -397,10 +397,11 @@ class _Checker:
             if not spec.name:
                 self.report(("name",), "a machine name is required")
             elif not _SAFE_NAME.match(spec.name):
-                self.report(
-                    ("name",),
-                    f"machine name {spec.name!r} may only use letters, digits and _ . : @ -",
-                )
+                with self.beyond_choria_load():
+                    self.report(
+                        ("name",),
+                        f"machine name {spec.name!r} may only use letters, digits and _ . : @ -",
+                    )
             elif not _GENERIC_NAME.match(spec.name):
                 self.warn(
                     ("name",),
@@ -419,13 +420,12 @@ class _Checker:
                 states = {s for t in spec.transitions for s in (*t.from_, t.destination) if s}
                 if spec.transitions and spec.initial_state not in states:
                     hint = did_you_mean(spec.initial_state, states)
-                    self._beyond_load_depth += 1
-                    self.report(
-                        ("initial_state",),
-                        f"initial state {spec.initial_state!r} is not used by any transition"
-                        f"{hint or '; states are named in from and destination'}",
-                    )
-                    self._beyond_load_depth -= 1
+                    with self.beyond_choria_load():  # Choria accepts it
+                        self.report(
+                            ("initial_state",),
+                            f"initial state {spec.initial_state!r} is not used by any transition"
+                            f"{hint or '; states are named in from and destination'}",
+                        )
         if ("transitions",) not in self.failed and not data.get("transitions"):
             self.report(("transitions",), "no transitions defined")
         if ("watchers",) not in self.failed and not data.get("watchers"):
@@ -503,13 +503,12 @@ class _Checker:
                 if (*path, "name") not in self.failed:
                     self.report(path, f"watcher #{index + 1} has no name")
             elif watcher.name in names:
-                self._beyond_load_depth += 1
                 first = self.doc.value_position(("watchers", names[watcher.name], "name")).line
-                self.report(
-                    (*path, "name"),
-                    f"duplicate watcher name {watcher.name!r} (first at line {first})",
-                )
-                self._beyond_load_depth -= 1
+                with self.beyond_choria_load():  # Choria finds duplicates when it starts
+                    self.report(
+                        (*path, "name"),
+                        f"duplicate watcher name {watcher.name!r} (first at line {first})",
+                    )
             else:
                 names[watcher.name] = index
             self._watcher_names(spec, watcher, path, known_states, transitions)
