@@ -228,7 +228,6 @@ BROKEN_MACHINES = {
     "yaml": "name: a\nversion: [\n",
     "not_a_mapping": "- just\n- a list\n",
     "missing_fields": "{}\n",
-    "unknown_key": "name: b\nversion: 1.0.0\ninitial_state: x\nfoo: 1\ntransitions: [{name: t, from: [x], destination: y}]\nwatchers: [{name: w, type: timer, fail_transition: t, properties: {timer: 1s}}]\n",
     "unknown_type": "name: c\nversion: 1.0.0\ninitial_state: x\ntransitions: [{name: t, from: [x], destination: y}]\nwatchers: [{name: w, type: teleport}]\n",
     "bad_duration": "name: d\nversion: 1.0.0\ninitial_state: x\ntransitions: [{name: t, from: [x], destination: y}]\nwatchers: [{name: w, type: exec, interval: 5, properties: {command: /bin/true}}]\n",
     "bad_template": "name: e\nversion: 1.0.0\ninitial_state: x\ntransitions: [{name: t, from: [x], destination: y}]\nwatchers: [{name: w, type: exec, properties: {command: '/bin/echo {{ nope }}'}}]\n",
@@ -240,8 +239,13 @@ BROKEN_MACHINES = {
 }
 
 
+# Choria runs it, ignoring the key: a warning, not an error.
+UNKNOWN_KEY = "name: b\nversion: 1.0.0\ninitial_state: x\nfoo: 1\ntransitions: [{name: t, from: [x], destination: y}]\nwatchers: [{name: w, type: timer, fail_transition: t, properties: {timer: 1s}}]\n"
+
+
 def test_broken_machines_are_reported_and_the_others_run(agent: AgentProcess) -> None:
     agent.copy_example("container-manager")
+    write_machine(agent.store / "unknown_key", UNKNOWN_KEY)
     for name, text in BROKEN_MACHINES.items():
         (agent.store / name).mkdir()
         path = agent.store / name / "machine.yaml"
@@ -249,6 +253,12 @@ def test_broken_machines_are_reported_and_the_others_run(agent: AgentProcess) ->
     agent.start()
     machines = {m["path"].rsplit("/", 1)[-1]: m for m in agent.get("/api/v1/machines")["machines"]}
     assert machines["container-manager"]["status"] == "running"
+    ignoring = machines["unknown_key"]
+    assert ignoring["status"] == "running" and "errors" not in ignoring, ignoring
+    assert any(
+        "machine.yaml:4:1: warning: the manifest: unknown key 'foo' is ignored" in w
+        for w in ignoring["warnings"]
+    ), ignoring
     for name in BROKEN_MACHINES:
         entry = machines[name]
         assert entry["status"] == "invalid", entry
