@@ -230,3 +230,20 @@ def test_run_connect_uses_the_broker_for_kv_and_gossip(
     assert ("configured", "waiting", "running") in running.transitions()
     assert seen == [b"alive run.example.net"]
     running.stop()
+
+
+def test_run_starts_a_machine_with_unknown_keys_and_prints_the_warning(
+    run_machine: Callable[..., Running],
+) -> None:
+    # Choria's `machine run` runs it, ignoring the key: so does ours, saying so.
+    manifest = SWITCH.replace("    properties:\n", "    governor: HEATERS\n    properties:\n")
+    assert manifest != SWITCH
+    running = run_machine(manifest)
+    running.wait_until(
+        lambda: "Starting Choria Machine heater" in running.log_file.read_text(), "never started"
+    )
+    assert (
+        "machine.yaml:17:5: warning: watcher 'switch': unknown key 'governor' is ignored"
+        in running.log_file.read_text()
+    )
+    running.stop()
