@@ -309,11 +309,14 @@ class _Checker:
             return data
         data = copy.deepcopy(data)
         for loc in unknown:
-            self._unknown_key((*prefix, *loc), prefix, model)
-            container: Any = data
-            for step in loc[:-1]:
-                container = container[step]
-            container.pop(loc[-1], None)
+            try:
+                container: Any = data
+                for step in loc[:-1]:
+                    container = container[_input_key(container, step)]
+                container.pop(_input_key(container, loc[-1]))
+            except (KeyError, IndexError, TypeError, AttributeError):
+                continue  # not where the input had it: validation reports it as an error
+            self._unknown_key((*prefix, *loc), prefix, model, Severity.WARNING)
         return data
 
     def _salvage(self, model: type[BaseModel], data: Any, path: Path) -> BaseModel:
@@ -346,7 +349,8 @@ class _Checker:
             kind = error["type"]
             ctx = error.get("ctx") or {}
             if kind == "extra_forbidden":
-                self._unknown_key(loc, prefix, model)
+                # Only a key that could not be dropped gets here: the value cannot be used.
+                self._unknown_key(loc, prefix, model, Severity.ERROR)
                 continue
             self.failed.add(loc)
             message = error["msg"]
@@ -364,7 +368,9 @@ class _Checker:
                 continue
             self.report(loc, f"{self.describe(loc)}: {_friendly(message, error.get('input'))}")
 
-    def _unknown_key(self, loc: Path, prefix: Path, model: type[BaseModel] | None) -> None:
+    def _unknown_key(
+        self, loc: Path, prefix: Path, model: type[BaseModel] | None, severity: Severity
+    ) -> None:
         key = str(loc[-1])
         parent = loc[:-1]
         owner = _MODEL_AT.get(_names_only(parent)) if model is not WatcherProperties else None
@@ -379,7 +385,7 @@ class _Checker:
             message += hint
         elif valid:
             message += f"; valid {(what == 'key' and 'keys') or 'properties'}: {', '.join(valid)}"
-        self.report(self._original_key_path(loc), message, Severity.WARNING, at_key=True)
+        self.report(self._original_key_path(loc), message, severity, at_key=True)
 
     def _original_key_path(self, loc: Path) -> Path:
         # Property keys are matched case-insensitively; point at the key as written.
@@ -683,6 +689,16 @@ class _Checker:
                     f"watcher {watcher.name!r} can never be active: none of its states can be "
                     "reached",
                 )
+
+
+def _input_key(container: Any, key: str | int) -> Any:
+    """``key`` as written in ``container``: property keys are matched without regard to case,
+    so a model may report a lower-cased key."""
+    if isinstance(container, dict) and key not in container and isinstance(key, str):
+        for written in container:
+            if str(written).lower() == key:
+                return written
+    return key
 
 
 def _names_only(path: Path) -> tuple[str, ...]:
