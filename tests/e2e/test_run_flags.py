@@ -48,6 +48,12 @@ transitions:
   - name: configured
     from: [waiting]
     destination: running
+  - name: governed_ran
+    from: [running]
+    destination: ran
+  - name: governor_refused
+    from: [running]
+    destination: refused
 watchers:
   - name: config
     type: kv
@@ -59,11 +65,20 @@ watchers:
       key: mode
   - name: heartbeat
     type: gossip
-    state_match: [running]
+    state_match: [running, refused, ran]
     interval: 1s
     properties:
       subject: machinery.test.heartbeat
       payload: "alive {{ .identity }}"
+  - name: governed
+    type: exec
+    state_match: [running]
+    success_transition: governed_ran
+    fail_transition: governor_refused
+    interval: 1m
+    properties:
+      command: /bin/true
+      governor: NO_SUCH_GOVERNOR
 """
 
 
@@ -229,6 +244,13 @@ def test_run_connect_uses_the_broker_for_kv_and_gossip(
     # The kv watcher read the key from JetStream and fired; then gossip published on NATS.
     assert ("configured", "waiting", "running") in running.transitions()
     assert seen == [b"alive run.example.net"]
+    # Governors are the broker's: an unknown one refuses the command (without a broker it would
+    # run ungoverned).
+    running.wait_until(
+        lambda: ("governor_refused", "running", "refused") in running.transitions(),
+        "the NATS governor was not used",
+    )
+    assert "unknown governor NO_SUCH_GOVERNOR" in running.log_file.read_text()
     running.stop()
 
 
