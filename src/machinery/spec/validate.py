@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path as FsPath
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -51,6 +51,8 @@ _SEMVER = re.compile(r"^\d+\.\d+\.\d+$")
 # A machine name becomes a directory, a URL segment and a metric label: keep it tame.
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:@-]*$")
 _MIN_ANNOUNCE = 60.0
+
+_Model = TypeVar("_Model", bound=BaseModel)
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,6 +280,7 @@ class _Checker:
         known_states = set(spec.states())
         with self.beyond_choria_load():
             self._transitions(spec, data)
+        self._subscriptions(spec)
         properties = self._watchers(spec, data, known_states)
         with self.beyond_choria_load():
             self._reachability(spec)
@@ -286,25 +289,40 @@ class _Checker:
     # -- structure (pydantic) --------------------------------------------------------------
 
     def _structure(self, data: dict[str, Any]) -> MachineSpec:
-        data = self._drop_unknown_keys(MachineSpec, data, ())
-        try:
-            return MachineSpec.model_validate(data)
-        except ValidationError as exc:
-            self._pydantic_errors(exc, (), MachineSpec)
+        spec, data, error = self._validate_known(MachineSpec, data, ())
+        if spec is not None:
+            return spec
+        assert error is not None
+        self._pydantic_errors(error, (), MachineSpec)
         return self._salvage(MachineSpec, data, ())  # type: ignore[return-value]
 
-    def _drop_unknown_keys(self, model: type[BaseModel], data: Any, prefix: Path) -> Any:
-        """``data`` without the keys ``model`` does not know, each reported as a warning.
+    def _validate_known(
+        self, model: type[_Model], data: Any, prefix: Path
+    ) -> tuple[_Model | None, Any, ValidationError | None]:
+        """``data`` validated as ``model``, ignoring the keys it does not know (each a warning):
+        the model (None if invalid), the data without those keys, and what is still wrong.
 
         Choria decodes manifests and properties without refusing unused keys, so a key it does
         not know (a typo, or a setting for a newer version) must not stop a machine it runs.
         """
         try:
-            model.model_validate(data)
+            return model.model_validate(data), data, None
         except ValidationError as exc:
-            unknown = [e["loc"] for e in exc.errors() if e["type"] == "extra_forbidden"]
-        else:
-            return data
+            error = exc
+        known = self._drop_unknown_keys(error, data, prefix, model)
+        if known is data:
+            return None, data, error
+        try:
+            return model.model_validate(known), known, None
+        except ValidationError as exc:
+            return None, known, exc
+
+    def _drop_unknown_keys(
+        self, error: ValidationError, data: Any, prefix: Path, model: type[BaseModel]
+    ) -> Any:
+        """A copy of ``data`` without the unknown keys ``error`` names, each reported as a
+        warning; ``data`` itself when there are none."""
+        unknown = [e["loc"] for e in error.errors() if e["type"] == "extra_forbidden"]
         if not unknown:
             return data
         data = copy.deepcopy(data)
@@ -439,7 +457,27 @@ class _Checker:
 
     # -- transitions -----------------------------------------------------------------------
 
+    def _subscriptions(self, spec: MachineSpec) -> None:
+        for index, transition in enumerate(spec.transitions):
+            if ("transitions", index) in self.failed:
+                continue
+            for i, sub in enumerate(transition.subscribe):
+                sub_path: Path = ("transitions", index, "subscribe", i)
+                if sub_path in self.failed:
+                    continue
+                if not sub.machine_name:
+                    self.report(
+                        sub_path,
+                        f"machine name is required on subscription for transition {transition.name!r}",
+                    )
+                if not sub.event:
+                    self.report(
+                        sub_path,
+                        f"event name is required on subscription for transition {transition.name!r}",
+                    )
+
     def _transitions(self, spec: MachineSpec, data: dict[str, Any]) -> None:
+        """Checks Choria never makes: names, ``from``, ``destination``, duplicates."""
         seen: dict[tuple[str, str], tuple[int, str]] = {}
         for index, transition in enumerate(spec.transitions):
             path: Path = ("transitions", index)
@@ -454,20 +492,6 @@ class _Checker:
                     self.report((*path, "from", i), f"{self.describe(path)}: empty state name")
             if not transition.destination and (*path, "destination") not in self.failed:
                 self.report(path, f"{self.describe(path)} has no destination")
-            for i, sub in enumerate(transition.subscribe):
-                sub_path: Path = (*path, "subscribe", i)
-                if sub_path in self.failed:
-                    continue
-                if not sub.machine_name:
-                    self.report(
-                        sub_path,
-                        f"machine name is required on subscription for transition {transition.name!r}",
-                    )
-                if not sub.event:
-                    self.report(
-                        sub_path,
-                        f"event name is required on subscription for transition {transition.name!r}",
-                    )
             if not transition.name:
                 continue
             for i, state in enumerate(transition.from_):
@@ -637,11 +661,10 @@ class _Checker:
                 self.warn((*props_path, key), model.ignored_keys[lowered])
                 continue
             raw[lowered] = value
-        raw = self._drop_unknown_keys(model, raw, props_path)
-        try:
-            properties = model.model_validate(raw)
-        except ValidationError as exc:
-            self._pydantic_errors(exc, props_path, model)
+        properties, _, error = self._validate_known(model, raw, props_path)
+        if properties is None:
+            assert error is not None
+            self._pydantic_errors(error, props_path, model)
             return WatcherProperties()
         for problem in kind.check_definition(spec, watcher, properties):
             self._problem(path, problem)
