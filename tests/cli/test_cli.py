@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from machinery.cli.main import app
@@ -126,15 +127,28 @@ def test_graph_draws_a_machine_whose_watchers_have_problems(tmp_path: Path) -> N
     assert mermaid.exit_code == 0 and mermaid.stdout.startswith("stateDiagram-v2\n")
 
 
-def test_graph_refuses_what_choria_refuses_at_load(tmp_path: Path) -> None:
-    # An unknown state in state_match fails Choria's Validate(): nothing to draw.
-    (tmp_path / "machine.yaml").write_text(
-        WATCHER_PROBLEMS.replace("state_match: [busy]", "state_match: [bsy]")
-    )
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        # Choria's Validate() refuses an unknown state in state_match...
+        (("state_match: [busy]", "state_match: [bsy]"), "invalid state 'bsy' in state_match"),
+        # ...and FromYAML a subscription without a machine name.
+        (
+            ("    destination: busy\n", "    destination: busy\n    subscribe: [{event: x}]\n"),
+            "machine name is required on subscription for transition 'start'",
+        ),
+    ],
+)
+def test_graph_refuses_what_choria_refuses_at_load(
+    tmp_path: Path, change: tuple[str, str], problem: str
+) -> None:
+    text = WATCHER_PROBLEMS.replace(*change)
+    assert text != WATCHER_PROBLEMS
+    (tmp_path / "machine.yaml").write_text(text)
     result = runner.invoke(app, ["graph", str(tmp_path)])
     assert result.exit_code == 1
     assert result.stdout == ""
-    assert "invalid state 'bsy' in state_match" in result.stderr
+    assert problem in result.stderr
 
 
 def test_validate_warnings_exit_zero_and_strict_makes_them_errors(tmp_path: Path) -> None:
