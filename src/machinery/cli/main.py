@@ -200,8 +200,8 @@ def graph(
 ) -> None:
     """Print the machine's state graph.
 
-    Like ``choria machine graph``, it draws any manifest whose states and transitions can be
-    read, even one whose watchers have problems; every problem is printed on stderr.
+    Like ``choria machine graph``, it draws any machine Choria's loader accepts, even one whose
+    watchers have problems (found by Choria only at start); every problem is printed on stderr.
     """
     from machinery.spec.graph import to_dot, to_mermaid
     from machinery.spec.validate import graph_manifest
