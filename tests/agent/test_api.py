@@ -38,6 +38,33 @@ async def test_machines_and_one_machine(agent_factory: Any) -> None:
         assert missing.status_code == 404 and missing.json() == {"error": "machine nope not found"}
 
 
+async def test_a_machine_with_unknown_keys_runs_and_shows_its_warnings(
+    agent_factory: Any,
+) -> None:
+    # Choria runs it, ignoring the key: so does the agent, and says so wherever errors show.
+    async with agent_factory() as run:
+        text = LAMP.format(name="lamp").replace(
+            "      command: /bin/true\n", "      command: /bin/true\n      retries: 3\n"
+        )
+        write(run.store, "lamp", text)
+        await run.wait(lambda: run.entry_status("lamp") == "running")
+        lamp = (await run.http.get("/api/v1/machines/lamp")).json()
+        assert lamp["status"] == "running" and "errors" not in lamp
+        [warning] = lamp["warnings"]
+        assert warning.endswith(
+            "machine.yaml:18:7: warning: watcher 'check': properties: unknown property "
+            "'retries' is ignored; valid properties: command, disown, environment, "
+            "gather_initial_state, governor, governor_timeout, parse_as_data, "
+            "suppress_success_announce, timeout"
+        ), warning
+        [diagnostic] = lamp["diagnostics"]
+        assert (diagnostic["severity"], diagnostic["line"], diagnostic["column"]) == (
+            "warning",
+            18,
+            7,
+        )
+
+
 async def test_transition_semantics_match_choria(agent_factory: Any) -> None:
     async with agent_factory() as run:
         write(run.store, "lamp", LAMP.format(name="lamp"))

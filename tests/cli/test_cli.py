@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from machinery.cli.main import app
@@ -106,3 +107,102 @@ def test_log_lines_escape_control_characters() -> None:
     shown = TextFormatter("%(message)s").format(failed)
     assert "Traceback (most recent call last):\n" in shown  # a traceback keeps its lines
     assert "ValueError: evil\\nFORGED\\x1b[2J\\x9b\\u202e" in shown
+
+
+WATCHER_PROBLEMS = """\
+name: drawn
+version: 1.0.0
+initial_state: idle
+transitions:
+  - name: start
+    from: [idle]
+    destination: busy
+  - name: stop
+    from: [busy]
+    destination: idle
+watchers:
+  - name: future
+    type: teleporter
+    state_match: [idle]
+  - name: check
+    type: exec
+    state_match: [busy]
+    success_transition: stop
+    properties:
+      timeout: forever
+"""
+
+
+def test_graph_draws_a_machine_whose_watchers_have_problems(tmp_path: Path) -> None:
+    # choria machine graph loads the machine without creating its watchers: an unknown type or
+    # bad properties do not stop the drawing. The problems go to stderr.
+    (tmp_path / "machine.yaml").write_text(WATCHER_PROBLEMS)
+    result = runner.invoke(app, ["graph", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == (
+        "digraph fsm {\n"
+        '    "busy" -> "idle" [ label = "stop" ];\n'
+        '    "idle" -> "busy" [ label = "start" ];\n'
+        "\n"
+        '    "busy";\n'
+        '    "idle" [color = "red"];\n'
+        "}\n"
+    )
+    assert "unknown watcher type 'teleporter'" in result.stderr
+    assert "13:11:" in result.stderr
+    assert "timeout" in result.stderr
+    mermaid = runner.invoke(app, ["graph", "--format", "mermaid", str(tmp_path)])
+    assert mermaid.exit_code == 0 and mermaid.stdout.startswith("stateDiagram-v2\n")
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        # Choria's Validate() refuses an unknown state in state_match...
+        (("state_match: [busy]", "state_match: [bsy]"), "invalid state 'bsy' in state_match"),
+        # ...and FromYAML a subscription without a machine name.
+        (
+            ("    destination: busy\n", "    destination: busy\n    subscribe: [{event: x}]\n"),
+            "machine name is required on subscription for transition 'start'",
+        ),
+    ],
+)
+def test_graph_refuses_what_choria_refuses_at_load(
+    tmp_path: Path, change: tuple[str, str], problem: str
+) -> None:
+    text = WATCHER_PROBLEMS.replace(*change)
+    assert text != WATCHER_PROBLEMS
+    (tmp_path / "machine.yaml").write_text(text)
+    result = runner.invoke(app, ["graph", str(tmp_path)])
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert problem in result.stderr
+
+
+def test_validate_warnings_exit_zero_and_strict_makes_them_errors(tmp_path: Path) -> None:
+    (tmp_path / "machine.yaml").write_text(
+        WATCHER_PROBLEMS.replace("    type: teleporter\n", "    type: file\n    governor: X\n")
+        .replace("      timeout: forever\n", "      command: /bin/true\n")
+        .replace(
+            "    state_match: [idle]\n", "    state_match: [idle]\n    properties: {path: x}\n"
+        )
+    )
+    relaxed = runner.invoke(app, ["validate", str(tmp_path)])
+    assert relaxed.exit_code == 0, relaxed.output
+    assert "warning: watcher 'future': unknown key 'governor' is ignored" in relaxed.stderr
+    assert f"{tmp_path}: valid (1 warning)" in relaxed.stdout
+    strict = runner.invoke(app, ["validate", "--strict", str(tmp_path)])
+    assert strict.exit_code == 1
+    assert "warning:" not in strict.stderr
+    assert "watcher 'future': unknown key 'governor' is ignored" in strict.stderr
+    assert f"{tmp_path}: invalid, 1 error" in strict.stderr
+    as_json = runner.invoke(app, ["validate", "--strict", "--format", "json", str(tmp_path)])
+    document = json.loads(as_json.stdout)
+    assert as_json.exit_code == 1 and document["valid"] is False
+    [diagnostic] = document["results"][0]["diagnostics"]
+    assert diagnostic["severity"] == "error" and diagnostic["line"] == 14
+    relaxed_json = json.loads(
+        runner.invoke(app, ["validate", "--format", "json", str(tmp_path)]).stdout
+    )
+    assert relaxed_json["valid"] is True
+    assert relaxed_json["results"][0]["diagnostics"][0]["severity"] == "warning"

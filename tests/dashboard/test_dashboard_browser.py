@@ -52,6 +52,30 @@ async def current_state(run: Any, name: str) -> str:
     return str((await run.http.get(f"/api/v1/machines/{name}")).json()["state"])
 
 
+async def test_a_running_machine_shows_the_warnings_of_its_manifest(
+    tmp_path: Path, agent_factory: Any, open_page: Any
+) -> None:
+    # An unknown key: Choria runs the machine ignoring it, so does the agent, and says so.
+    store = tmp_path / "store"
+    store.mkdir(exist_ok=True)
+    write(store, "pulse", PULSE.replace("      command:", "      retries: 3\n      command:"))
+    async with agent_factory() as run, open_page(run.agent.http_url + "/") as watched:
+        page = watched.page
+        await watched.wait_live()
+        await page.wait_for_selector('tr.machine-row[data-machine="pulse"] .badge')
+        pulse = (await run.http.get("/api/v1/machines/pulse")).json()
+        assert pulse["status"] == "running" and "errors" not in pulse
+        problems = page.locator('tr[data-problems="pulse"] li.problem.warning code')
+        await problems.first.wait_for()
+        texts = await problems.all_inner_texts()
+        assert texts == pulse["warnings"]
+        assert any("unknown property 'retries' is ignored" in t for t in texts), texts
+        await page.click('a.machine-link[data-key="pulse"]')
+        await page.wait_for_selector(".problems-panel li.problem.warning")
+        panel = page.locator(".problems-panel li.problem.warning code")
+        assert await panel.all_inner_texts() == texts
+
+
 async def test_machine_list_shows_every_machine_with_status_and_errors(
     tmp_path: Path, agent_factory: Any, open_page: Any
 ) -> None:

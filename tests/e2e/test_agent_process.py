@@ -228,7 +228,6 @@ BROKEN_MACHINES = {
     "yaml": "name: a\nversion: [\n",
     "not_a_mapping": "- just\n- a list\n",
     "missing_fields": "{}\n",
-    "unknown_key": "name: b\nversion: 1.0.0\ninitial_state: x\nfoo: 1\ntransitions: [{name: t, from: [x], destination: y}]\nwatchers: [{name: w, type: timer, fail_transition: t, properties: {timer: 1s}}]\n",
     "unknown_type": "name: c\nversion: 1.0.0\ninitial_state: x\ntransitions: [{name: t, from: [x], destination: y}]\nwatchers: [{name: w, type: teleport}]\n",
     "bad_duration": "name: d\nversion: 1.0.0\ninitial_state: x\ntransitions: [{name: t, from: [x], destination: y}]\nwatchers: [{name: w, type: exec, interval: 5, properties: {command: /bin/true}}]\n",
     "bad_template": "name: e\nversion: 1.0.0\ninitial_state: x\ntransitions: [{name: t, from: [x], destination: y}]\nwatchers: [{name: w, type: exec, properties: {command: '/bin/echo {{ nope }}'}}]\n",
@@ -240,8 +239,13 @@ BROKEN_MACHINES = {
 }
 
 
+# Choria runs it, ignoring the key: a warning, not an error.
+UNKNOWN_KEY = "name: b\nversion: 1.0.0\ninitial_state: x\nfoo: 1\ntransitions: [{name: t, from: [x], destination: y}]\nwatchers: [{name: w, type: timer, fail_transition: t, properties: {timer: 1s}}]\n"
+
+
 def test_broken_machines_are_reported_and_the_others_run(agent: AgentProcess) -> None:
     agent.copy_example("container-manager")
+    write_machine(agent.store / "unknown_key", UNKNOWN_KEY)
     for name, text in BROKEN_MACHINES.items():
         (agent.store / name).mkdir()
         path = agent.store / name / "machine.yaml"
@@ -249,6 +253,12 @@ def test_broken_machines_are_reported_and_the_others_run(agent: AgentProcess) ->
     agent.start()
     machines = {m["path"].rsplit("/", 1)[-1]: m for m in agent.get("/api/v1/machines")["machines"]}
     assert machines["container-manager"]["status"] == "running"
+    ignoring = machines["unknown_key"]
+    assert ignoring["status"] == "running" and "errors" not in ignoring, ignoring
+    assert any(
+        "machine.yaml:4:1: warning: the manifest: unknown key 'foo' is ignored" in w
+        for w in ignoring["warnings"]
+    ), ignoring
     for name in BROKEN_MACHINES:
         entry = machines[name]
         assert entry["status"] == "invalid", entry
@@ -273,3 +283,46 @@ def test_loaded_machines_are_exempted_from_full_garbage_collections(agent: Agent
     )
     assert "1 machines loaded:" in line
     assert int(line.split("loaded: ")[1].split()[0]) > 10_000  # the agent's own objects too
+
+
+UNKNOWN_KEYS = """\
+name: ignoring
+version: 1.0.0
+initial_state: idle
+transitions:
+  - name: poke
+    from: [idle]
+    destination: idle
+watchers:
+  - name: hosts
+    type: file
+    state_match: [idle]
+    success_transition: poke
+    interval: 10s
+    "[b]retries": 3
+    properties:
+      path: /etc/hosts
+      governor: FILES
+"""
+
+
+def test_status_shows_the_warnings_of_a_running_machine(agent: AgentProcess) -> None:
+    # Choria runs a machine with keys it does not know; the agent does too, and `status` says
+    # what it ignored (the text in brackets must not be read as console markup).
+    write_machine(agent.store / "ignoring", UNKNOWN_KEYS)
+    agent.start()
+    agent.wait(
+        lambda: (m := agent.machine("ignoring")) is not None and m["status"] == "running",
+        what="the machine with unknown keys to run",
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "machinery", "status", "--agent", agent.url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if line.startswith("ignoring:")]
+    assert len(lines) == 2, result.stdout
+    assert "14:5: warning: watcher 'hosts': unknown key '[b]retries' is ignored" in lines[0]
+    assert "17:7: warning: watcher 'hosts': properties: unknown property 'governor'" in lines[1]

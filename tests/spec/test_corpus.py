@@ -84,3 +84,46 @@ def test_watcher_templates_are_go_templates_not_manifests() -> None:
     messages = " | ".join(d.message for d in diagnostics)
     assert "machine name 'mm_{{ .Name }}'" in messages
     assert "invalid duration '{{.Interval}}'" in messages
+
+
+EXAMPLES = CORPUS.parent.parent / "examples"
+
+# Every manifest's verdict: Choria's (go-choria v0.30.2) where it runs the machine, ours
+# otherwise. hvac: Choria refuses it at load (a state used as success_transition);
+# go-empty-invalid: refused at load; the templates are Go templates, not manifests.
+VERDICTS = {
+    "container-manager": True,
+    "go-empty-invalid": False,
+    "go-subscriber": True,
+    "go-testmachine": True,
+    "hvac": False,
+    "check-httpd": True,
+    "machines-manager": True,
+    "machines-watcher-template": False,
+    "plugins-machinesmanager": True,
+    "plugins-manager-builtin": True,
+    "plugins-watcher-template": False,
+    "puppet-scout-check": True,
+    "puppet-scout-metric": True,
+}
+
+
+def test_the_verdict_table_covers_the_whole_corpus() -> None:
+    assert sorted(VERDICTS) == corpus_manifests()
+
+
+@pytest.mark.parametrize("name", sorted(VERDICTS))
+def test_corpus_manifest_keeps_its_verdict_and_warnings_never_refuse(name: str) -> None:
+    manifest, diagnostics = check_manifest(CORPUS / name)
+    assert (manifest is not None) is VERDICTS[name], [str(d) for d in diagnostics]
+    if manifest is not None:
+        assert manifest.warnings == tuple(diagnostics)
+        assert all(not d.is_error for d in diagnostics)
+    for diagnostic in diagnostics:
+        assert "unknown key" not in diagnostic.message or not diagnostic.is_error
+
+
+@pytest.mark.parametrize("name", sorted(p.parent.name for p in EXAMPLES.glob("*/machine.yaml")))
+def test_every_example_is_valid_without_warnings(name: str) -> None:
+    manifest, diagnostics = check_manifest(EXAMPLES / name)
+    assert manifest is not None and not diagnostics, [str(d) for d in diagnostics]

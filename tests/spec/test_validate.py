@@ -64,21 +64,6 @@ BROKEN: list[tuple[str, str | tuple[str, str], list[str]]] = [
         ["4:14:", "splay_start"],
     ),
     (
-        "unknown top key",
-        ("version: 1.0.0\n", "version: 1.0.0\nversoin: 2\n"),
-        ["3:1:", "unknown key 'versoin'"],
-    ),
-    (
-        "unknown watcher key",
-        ("    interval: 1m\n", "    interval: 1m\n    state_matchin: [x]\n"),
-        ["17:5:", "unknown key 'state_matchin'; did you mean 'state_match'?"],
-    ),
-    (
-        "unknown property",
-        ("      command:", "      comand: x\n      command:"),
-        ["18:7:", "unknown property 'comand'; did you mean 'command'?"],
-    ),
-    (
         "missing command",
         ('      command: ./check.sh --name {{ lookup "facts.name" "x" }}\n', "      timeout: 5s\n"),
         ["17:5:", "watcher 'check': property 'command' is required"],
@@ -194,9 +179,80 @@ BROKEN: list[tuple[str, str | tuple[str, str], list[str]]] = [
             "    type: exec\n    state_match: [running]\n",
             "    type: file\n    state_match: [running]\n",
         ),
-        ["18:7:", "unknown property 'command'"],
+        ["17:5:", "watcher 'check': property 'path' is required"],
     ),
 ]
+
+# Keys Choria ignores (its YAML and property decoding never refuse unused keys): each case is a
+# change to GOOD and the expected warning; the machine still loads, without the key.
+IGNORED_KEYS: list[tuple[str, tuple[str, str], list[str]]] = [
+    (
+        "unknown top key",
+        ("version: 1.0.0\n", "version: 1.0.0\nversoin: 2\n"),
+        ["3:1:", "unknown key 'versoin' is ignored; did you mean 'version'?"],
+    ),
+    (
+        "unknown transition key",
+        ("    destination: running\n", "    destination: running\n    destinaton: x\n"),
+        ["8:5:", "transition 'go': unknown key 'destinaton' is ignored; did you mean"],
+    ),
+    (
+        "unknown watcher key",
+        ("    interval: 1m\n", "    interval: 1m\n    state_matchin: [x]\n"),
+        ["17:5:", "unknown key 'state_matchin' is ignored; did you mean 'state_match'?"],
+    ),
+    (
+        "unknown property",
+        ("      command:", "      comand: x\n      command:"),
+        ["18:7:", "unknown property 'comand' is ignored; did you mean 'command'?"],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [(c, e) for _, c, e in IGNORED_KEYS],
+    ids=[n for n, _, _ in IGNORED_KEYS],
+)
+def test_unknown_keys_are_warnings_and_the_machine_loads(
+    tmp_path: Path, change: tuple[str, str], expected: list[str]
+) -> None:
+    text = GOOD.replace(change[0], change[1], 1)
+    assert text != GOOD, f"test case does not apply: {change[0]!r}"
+    manifest, diagnostics = check(tmp_path, text)
+    assert manifest is not None, [str(d) for d in diagnostics]
+    warnings = [str(d) for d in diagnostics if d.severity is Severity.WARNING]
+    assert any(all(part in w for part in expected) for w in warnings), warnings
+    assert manifest.warnings == tuple(d for d in diagnostics if not d.is_error)
+
+
+def test_puppet_governor_on_a_file_watcher_loads_with_a_warning(tmp_path: Path) -> None:
+    # What a Puppet module produced in the field: Choria runs it, ignoring ``governor``.
+    text = """\
+name: files
+version: 1.0.0
+initial_state: watching
+transitions:
+  - name: changed
+    from: [watching]
+    destination: watching
+watchers:
+  - name: hosts
+    type: file
+    state_match: [watching]
+    success_transition: changed
+    interval: 10s
+    properties:
+      path: /etc/hosts
+      governor: FILES
+"""
+    manifest, diagnostics = check(tmp_path, text)
+    assert manifest is not None, [str(d) for d in diagnostics]
+    assert [str(d).split("machine.yaml:", 1)[1] for d in diagnostics] == [
+        "16:7: warning: watcher 'hosts': properties: unknown property 'governor' is ignored; "
+        "valid properties: contents, gather_initial_state, group, mode, owner, path"
+    ]
+    assert manifest.properties[0].path == "/etc/hosts"  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize(

@@ -938,12 +938,20 @@ def test_a_valid_definition_has_no_problems(tmp_path: Path) -> None:
         ),
         (BASE + "creates: a\nmax_size: 0", "max_size must be larger than 0"),
         (BASE + "creates: a\nmax_size: 12 parsecs", "invalid size '12 parsecs'"),
-        (BASE + "creates: a\nunknown: 1", "unknown"),
     ],
 )
 def test_definition_errors(tmp_path: Path, properties: str, expected: str) -> None:
     found = problems(tmp_path, properties)
     assert any(p.startswith("error: ") and expected in p for p in found), found
+
+
+def test_an_unknown_property_is_a_warning_as_choria_ignores_it(tmp_path: Path) -> None:
+    found = problems(tmp_path, BASE + "creates: a\nunknown: 1")
+    assert [p for p in found if "unknown" in p] == [
+        "warning: watcher 'download': properties: unknown property 'unknown' is ignored; valid "
+        "properties: checksum, creates, governor, governor_timeout, insecure, max_size, password, "
+        "source, target, timeout, username, verify, verify_checksum"
+    ]
 
 
 def test_definition_warnings(tmp_path: Path) -> None:

@@ -401,11 +401,14 @@ def test_one_expression_is_required(tmp_path: Path, properties: str) -> None:
     assert messages == ["success_when or fail_when is required"]
 
 
-def test_unknown_property_is_refused(tmp_path: Path) -> None:
+def test_unknown_property_is_a_warning_as_choria_ignores_it(tmp_path: Path) -> None:
     path = write_manifest(tmp_path, "success_when: data.ok\nsucess_when: data.x")
-    [(position, message)] = diagnostics_of(path)
-    assert position.line == line_of(path, "sucess_when")
-    assert "sucess_when" in message
+    assert diagnostics_of(path) == []
+    manifest, _ = check_manifest(path)
+    assert manifest is not None
+    [warning] = manifest.warnings
+    assert warning.position.line == line_of(path, "sucess_when")
+    assert "unknown property 'sucess_when' is ignored; did you mean 'success_when'?" in str(warning)
 
 
 def test_interval_minimum_is_500ms(tmp_path: Path) -> None:

@@ -425,15 +425,24 @@ def errors(tmp_path: Path, properties: str) -> list[str]:
             "registration: {cluster: c, service: s, protocol: p, ip: 1.2.3.4, port: 1, prefix: 'a b'}",
             "invalid registration subject",
         ),
-        (
-            "registration: {cluster: c, service: s, protocol: p, ip: 1.2.3.4, port: 1, nope: 1}",
-            "nope",
-        ),
     ],
 )
 def test_definition_checks(tmp_path: Path, properties: str, message: str) -> None:
     found = errors(tmp_path, properties)
     assert any(message in m for m in found), found
+
+
+def test_an_unknown_registration_key_is_a_warning_as_choria_ignores_it(tmp_path: Path) -> None:
+    # Registration keys are matched without regard to case: unknown ones in any case too.
+    properties = (
+        "registration: {cluster: c, service: s, protocol: p, ip: 1.2.3.4, port: 1, NOPE: 1}"
+    )
+    directory = machine_dir(tmp_path, properties)
+    manifest, diagnostics = check_manifest(directory / "machine.yaml")
+    assert manifest is not None, [str(d) for d in diagnostics]
+    [warning] = [d for d in manifest.warnings if "unknown" in d.message]
+    assert "unknown property 'nope' is ignored" in warning.message
+    assert manifest.properties[0].registration.port == 1  # type: ignore[attr-defined]
 
 
 def test_valid_definitions(tmp_path: Path) -> None:

@@ -222,7 +222,7 @@ async def test_describe_switch_payload_and_text(tmp_path: Path) -> None:
     assert description == {"is_on": True, "is_off": False, "status": "on", "detail": detail}
     last = recorder.states("switch")[-1]
     assert last.payload == detail
-    assert last.text == "node1.example.net heater#switch switch: on"
+    assert last.text == "node1.example.net heater#switch previous: on"
     assert HttpSwitchWatcher.describe_payload(detail) == last.text
     assert home_assistant_state(switch(machine)) == "ON"
 

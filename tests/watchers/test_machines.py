@@ -1118,7 +1118,6 @@ async def test_without_an_interval_it_runs_at_start_and_on_changes_only(
             "are the same setting and differ",
         ),
         ({}, "1s", "interval 1s is too small for watcher 'manage' (minimum 2s)"),
-        ({"no_such": 1}, "1m", "no_such"),
     ],
 )
 def test_definition_problems(
@@ -1131,6 +1130,13 @@ def test_definition_problems(
     assert manifest is None
     errors = [d.message for d in diagnostics if d.is_error]
     assert len(errors) == 1 and message in errors[0], errors
+
+
+def test_an_unknown_property_is_a_warning_as_choria_ignores_it(store: Path) -> None:
+    directory = manager_dir(store, properties={"no_such": 1})
+    manifest, diagnostics = check_manifest(directory)
+    assert manifest is not None, [str(d) for d in diagnostics]
+    assert any("unknown property 'no_such' is ignored" in d.message for d in manifest.warnings)
 
 
 def test_the_class_declares_choria_names_and_rules() -> None:

@@ -1,8 +1,10 @@
 """``machinery run``: machines from some directories, in the foreground, until interrupted.
 
-The counterpart of ``choria machine run``: no broker, events on the console and optionally in a
-JSON-lines file. SIGINT and SIGTERM stop every machine (watchers stopped, commands killed as a
-group) and the process exits 0.
+The counterpart of ``choria machine run``: events on the console and optionally in a JSON-lines
+file. With ``nats`` (``--connect``/``--nats URL``) the machines use that broker for key-value,
+gossip and governors, as with Choria's ``--connect``; with ``http`` (``--http HOST:PORT``) the
+machine HTTP routes of httpswitch and metric watchers are served. SIGINT and SIGTERM stop every
+machine (watchers stopped, commands killed as a group) and the process exits 0.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from machinery.core.node import Node
 from machinery.core.notifications import Notifier
 from machinery.core.process import ProcessRunner
 from machinery.events.sinks import ConsoleNotifier, JsonLinesNotifier
+from machinery.nats.connection import BrokerConnection
 from machinery.spec.validate import Manifest
 from machinery.watchers.registry import WatcherRegistry, check_manifest, default_registry
 
@@ -50,6 +53,9 @@ class RunOptions:
     identity: str | None = None
     events: str | None = None
     rate_limit: bool = True
+    nats: str | None = None
+    credentials: Path | None = None
+    http: str | None = None
     registry: WatcherRegistry | None = None
     clock: Clock = field(default_factory=SystemClock)
 
@@ -78,6 +84,76 @@ def _read_data(path: Path) -> dict[str, Any]:
     return data
 
 
+def _broker(options: RunOptions, identity: str) -> BrokerConnection | None:
+    if not options.nats:
+        return None
+    from machinery.cli.natsclient import settings_for
+
+    return BrokerConnection(
+        settings_for(options.nats, options.credentials), name=f"machinery run {identity}"
+    )
+
+
+def _provide_broker_services(node: Node, broker: BrokerConnection) -> None:
+    """Key-value, gossip and governors on ``broker``, as the agent does with NATS."""
+    from machinery.nats.governor import NatsGovernor
+    from machinery.nats.kv import NatsKV
+
+    node.provide("nats", broker)
+    node.provide("kv", NatsKV(broker))
+    node.provide("governor", NatsGovernor(broker, node.clock))
+
+
+def _bind_http(listen: str) -> tuple[socket.socket, str]:
+    """The listening socket for ``--http`` and its URL; ValueError says what is wrong."""
+    from pydantic import ValidationError
+
+    from machinery.agent.config import HttpSettings
+    from machinery.api.server import bind
+
+    try:
+        settings = HttpSettings(listen=listen)
+    except ValidationError as exc:
+        reason = exc.errors()[0]["msg"].removeprefix("Value error, ")
+        raise ValueError(f"--http {listen}: {reason}") from None
+    try:
+        sock = bind(settings.host, settings.port)
+    except OSError as exc:
+        raise ValueError(f"cannot listen on {listen}: {exc.strerror or exc}") from None
+    host, port = sock.getsockname()[:2]
+    url = f"http://[{host}]:{port}" if sock.family == socket.AF_INET6 else f"http://{host}:{port}"
+    if not settings.is_loopback:
+        log.warning("HTTP on non-loopback %s: switch changes are refused (no token)", listen)
+    return sock, url
+
+
+async def _serve_http(node: Node, sock: socket.socket, listen: str, url: str) -> None:
+    import uvicorn
+
+    from machinery.api.local import local_app
+    from machinery.api.server import QuietServer
+
+    config = uvicorn.Config(
+        local_app(node, listen),
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        timeout_graceful_shutdown=1,
+    )
+    server = QuietServer(config)
+    log.info("machine HTTP routes listening on %s", url)
+    serving = asyncio.ensure_future(server.serve(sockets=[sock]))
+    try:
+        await asyncio.shield(serving)
+    except asyncio.CancelledError:
+        # Stopping: let uvicorn close its connections (bounded by its graceful timeout).
+        server.should_exit = True
+        await serving
+        raise
+    finally:
+        sock.close()
+
+
 async def run_machines(options: RunOptions) -> int:
     """Run until SIGINT/SIGTERM; returns the exit code."""
     registry = options.registry or default_registry()
@@ -87,6 +163,9 @@ async def run_machines(options: RunOptions) -> int:
     try:
         facts = Facts.from_file(options.facts) if options.facts else Facts()
         initial_data = _read_data(options.data) if options.data else {}
+        identity = options.identity or default_identity()
+        broker = _broker(options, identity)
+        http = _bind_http(options.http) if options.http else None
     except (FactsError, ValueError) as exc:
         print(f"machinery: {exc}", file=sys.stderr)
         return 1
@@ -97,11 +176,13 @@ async def run_machines(options: RunOptions) -> int:
             jsonl = JsonLinesNotifier(options.events)
         except OSError as exc:
             print(f"machinery: cannot open events file {options.events}: {exc}", file=sys.stderr)
+            if http is not None:
+                http[0].close()
             return 1
         notifiers.append(jsonl)
     group = MachineGroup()
     node = Node(
-        identity=options.identity or default_identity(),
+        identity=identity,
         clock=options.clock,
         facts=facts,
         runner=ProcessRunner(),
@@ -110,6 +191,8 @@ async def run_machines(options: RunOptions) -> int:
         file_monitor=FileMonitor(),
         rate_limit=options.rate_limit,
     )
+    if broker is not None:
+        _provide_broker_services(node, broker)
     machines = []
     for manifest in manifests:
         machine = Machine(manifest, node, watcher_factory=registry.create)
@@ -134,6 +217,15 @@ async def run_machines(options: RunOptions) -> int:
                     tasks.create_task(machine.run(), name=f"machine {machine.name}")
                     for machine in machines
                 ]
+                if broker is not None:
+                    running.append(tasks.create_task(broker.run(), name="nats"))
+                if http is not None:
+                    sock, url = http
+                    running.append(
+                        tasks.create_task(
+                            _serve_http(node, sock, options.http or "", url), name="http"
+                        )
+                    )
                 await stopping.wait()
                 for task in running:
                     task.cancel()

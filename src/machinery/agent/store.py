@@ -231,10 +231,11 @@ class MachineEntry:
         result["status"] = self.status.value
         if self.errors:
             result["errors"] = self.errors
-            result["diagnostics"] = [d.to_dict() for d in self.diagnostics]
         warnings = [str(d) for d in self.diagnostics if not d.is_error]
         if warnings:
             result["warnings"] = warnings
+        if self.diagnostics:
+            result["diagnostics"] = [d.to_dict() for d in self.diagnostics]
         return result
 
 

@@ -93,6 +93,22 @@ def run(
         bool, typer.Option("--no-rate-limit", help="Disable the fast-transition rate limiter.")
     ] = False,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    nats: Annotated[
+        str | None,
+        typer.Option(
+            "--nats",
+            "--connect",
+            help="NATS server URLs (comma separated) for kv, gossip and governors.",
+        ),
+    ] = None,
+    credentials: CredentialsOption = None,
+    http: Annotated[
+        str | None,
+        typer.Option(
+            "--http",
+            help="Serve the machine HTTP routes (httpswitch, metric) on HOST:PORT.",
+        ),
+    ] = None,
 ) -> None:
     """Run machines in the foreground until interrupted (SIGINT/SIGTERM stop them cleanly)."""
     from machinery.agent.run import RunOptions, run_machines
@@ -110,6 +126,9 @@ def run(
         identity=identity,
         events=events,
         rate_limit=not no_rate_limit,
+        nats=nats,
+        credentials=credentials,
+        http=http,
     )
     install_child_watcher()
     raise typer.Exit(asyncio.run(run_machines(options)))
@@ -121,15 +140,24 @@ def validate(
     format: Annotated[
         OutputFormat, typer.Option("--format", help="text or json.")
     ] = OutputFormat.text,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Treat every warning as an error (exit 1).")
+    ] = False,
 ) -> None:
-    """Check manifests completely (structure, names, properties); exit 1 if any is invalid."""
+    """Check manifests completely (structure, names, properties); exit 1 if any is invalid.
+
+    Warnings (unknown keys, unreachable states, ...) do not make a manifest invalid: Choria runs
+    such machines. ``--strict`` turns them into errors, for CI pipelines that want none.
+    """
     from machinery.watchers.registry import check_manifest
 
     results = []
     all_valid = True
     for path in paths:
         manifest, diagnostics = check_manifest(path)
-        valid = manifest is not None
+        if strict:
+            diagnostics = [d.as_error() for d in diagnostics]
+        valid = manifest is not None and not any(d.is_error for d in diagnostics)
         all_valid &= valid
         results.append((path, valid, diagnostics))
     if format is OutputFormat.json:
@@ -146,12 +174,16 @@ def validate(
             _print_diagnostics(diagnostics)
             warnings = sum(1 for d in diagnostics if not d.is_error)
             if valid:
-                suffix = f" ({warnings} warning{'s' if warnings != 1 else ''})" if warnings else ""
+                suffix = f" ({_plural(warnings, 'warning')})" if warnings else ""
                 typer.echo(f"{path}: valid{suffix}")
             else:
                 errors = len(diagnostics) - warnings
-                typer.echo(f"{path}: invalid, {errors} error{'s' if errors != 1 else ''}", err=True)
+                typer.echo(f"{path}: invalid, {_plural(errors, 'error')}", err=True)
     raise typer.Exit(0 if all_valid else 1)
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'s' if count != 1 else ''}"
 
 
 def _print_diagnostics(diagnostics: list[Diagnostic]) -> None:
@@ -166,15 +198,21 @@ def graph(
         GraphFormat, typer.Option("--format", help="dot or mermaid.")
     ] = GraphFormat.dot,
 ) -> None:
-    """Print the machine's state graph."""
-    from machinery.spec.graph import to_dot, to_mermaid
-    from machinery.watchers.registry import check_manifest
+    """Print the machine's state graph.
 
-    manifest, diagnostics = check_manifest(path)
-    if manifest is None:
+    Like ``choria machine graph``, it draws any machine Choria's loader accepts, even one whose
+    watchers have problems (found by Choria only at start); every problem is printed on stderr.
+    """
+    from machinery.spec.graph import to_dot, to_mermaid
+    from machinery.spec.validate import graph_manifest
+    from machinery.watchers.registry import default_registry
+
+    spec, diagnostics = graph_manifest(path, default_registry().kinds)
+    if spec is None:
         _print_diagnostics(diagnostics)
         raise typer.Exit(1)
-    text = to_dot(manifest.spec) if format is GraphFormat.dot else to_mermaid(manifest.spec)
+    _print_diagnostics(diagnostics)
+    text = to_dot(spec) if format is GraphFormat.dot else to_mermaid(spec)
     sys.stdout.write(text)
 
 
@@ -314,6 +352,11 @@ def status(
     for entry in machines:
         for error in entry.get("errors") or []:
             console.print(f"[red]{shown(entry['name'])}[/red]: {shown(error)}", highlight=False)
+        # A machine with warnings runs (as Choria runs it); the warnings say what it ignores.
+        for warning in entry.get("warnings") or []:
+            console.print(
+                f"[yellow]{shown(entry['name'])}[/yellow]: {shown(warning)}", highlight=False
+            )
 
 
 @app.command()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -37,6 +38,10 @@ class Diagnostic:
     @property
     def is_error(self) -> bool:
         return self.severity is Severity.ERROR
+
+    def as_error(self) -> Diagnostic:
+        """This problem as an error (``machinery validate --strict``)."""
+        return dataclasses.replace(self, severity=Severity.ERROR)
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.position.line}:{self.position.column}"

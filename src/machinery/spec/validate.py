@@ -8,15 +8,17 @@ See ``docs/manifest.md`` for the full list.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import errno
 import hashlib
 import os
 import re
 import stat
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path as FsPath
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -39,6 +41,7 @@ __all__ = [
     "ManifestReadError",
     "check_manifest",
     "check_manifest_text",
+    "graph_manifest",
     "load_manifest",
     "manifest_file",
     "read_manifest_bytes",
@@ -52,6 +55,8 @@ _SEMVER = re.compile(r"^\d+\.\d+\.\d+$")
 # A machine name becomes a directory, a URL segment and a metric label: keep it tame.
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:@-]*$")
 _MIN_ANNOUNCE = 60.0
+
+_Model = TypeVar("_Model", bound=BaseModel)
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,24 +161,49 @@ def check_manifest(
 ) -> tuple[Manifest | None, list[Diagnostic]]:
     """Check the manifest at ``path``; returns the manifest (None when there are errors) and
     every diagnostic, warnings included. Never raises for bad input."""
+    read = _read_manifest(path)
+    if isinstance(read, list):
+        return None, read
+    text, shown, file, sha256 = read
+    return check_manifest_text(text, shown, kinds, directory=file.parent, file=file, sha256=sha256)
+
+
+def graph_manifest(
+    path: str | FsPath, kinds: Mapping[str, WatcherKind]
+) -> tuple[MachineSpec | None, list[Diagnostic]]:
+    """The machine to draw for ``path`` and every diagnostic, as ``choria machine graph`` does:
+    a manifest Choria loads is drawn even when its watchers have problems (unknown type, bad
+    properties: Choria only finds those when the machine starts). None when Choria's loader
+    refuses it (no initial state, no transitions, an unknown state in ``state_match``, ...)."""
+    read = _read_manifest(path)
+    if isinstance(read, list):
+        return None, read
+    text, shown, _, _ = read
+    spec, _, diagnostics, loads = _check_text(text, shown, kinds)
+    if spec is None or not loads or not any(t.name for t in spec.transitions):
+        return None, diagnostics
+    return spec, diagnostics
+
+
+def _read_manifest(path: str | FsPath) -> tuple[str, str, FsPath, str] | list[Diagnostic]:
+    """The text, shown name, file and SHA-256 of the manifest at ``path``, or why it cannot
+    be read."""
     file = manifest_file(path)
     shown = str(path if FsPath(path).is_file() else file)
     try:
         raw = read_manifest_bytes(file)
     except FileNotFoundError:
-        return None, [_at(shown, f"cannot read {file}: no such file")]
+        return [_at(shown, f"cannot read {file}: no such file")]
     except OSError as exc:
-        return None, [_at(shown, f"cannot read {file}: {exc.strerror or exc}")]
+        return [_at(shown, f"cannot read {file}: {exc.strerror or exc}")]
     if len(raw) > MAX_FILE_BYTES:
-        return None, [_at(shown, f"file is larger than {MAX_FILE_BYTES // 1024} KiB")]
+        return [_at(shown, f"file is larger than {MAX_FILE_BYTES // 1024} KiB")]
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
-        return None, [_at(shown, f"file is not UTF-8 text (byte {exc.start})", Position(line, 1))]
-    return check_manifest_text(
-        text, shown, kinds, directory=file.parent, file=file, sha256=hashlib.sha256(raw).hexdigest()
-    )
+        return [_at(shown, f"file is not UTF-8 text (byte {exc.start})", Position(line, 1))]
+    return text, shown, file, hashlib.sha256(raw).hexdigest()
 
 
 def check_manifest_text(
@@ -186,10 +216,7 @@ def check_manifest_text(
     sha256: str | None = None,
 ) -> tuple[Manifest | None, list[Diagnostic]]:
     """Check manifest ``text``; ``shown_name`` is the file name used in diagnostics."""
-    doc = load_yaml(text, shown_name)
-    checker = _Checker(doc, kinds)
-    spec, properties = checker.run()
-    diagnostics = sorted(checker.diagnostics, key=lambda d: (d.position, d.severity.value))
+    spec, properties, diagnostics, _ = _check_text(text, shown_name, kinds)
     if spec is None or any(d.is_error for d in diagnostics):
         return None, diagnostics
     path = file or FsPath(shown_name)
@@ -202,6 +229,20 @@ def check_manifest_text(
         warnings=tuple(diagnostics),
     )
     return manifest, diagnostics
+
+
+def _check_text(
+    text: str, shown_name: str, kinds: Mapping[str, WatcherKind]
+) -> tuple[MachineSpec | None, list[WatcherProperties], list[Diagnostic], bool]:
+    """The model, properties and sorted diagnostics of ``text``, and whether Choria's loader
+    would accept it (no error other than those it finds only when the machine starts)."""
+    doc = load_yaml(text, shown_name)
+    checker = _Checker(doc, kinds)
+    spec, properties = checker.run()
+    diagnostics = sorted(checker.diagnostics, key=lambda d: (d.position, d.severity.value))
+    beyond_load = {id(d) for d in checker.beyond_load}
+    loads = not any(d.is_error and id(d) not in beyond_load for d in diagnostics)
+    return spec, properties, diagnostics, loads
 
 
 def _at(file: str, message: str, position: Position | None = None) -> Diagnostic:
@@ -225,6 +266,10 @@ class _Checker:
     diagnostics: list[Diagnostic] = field(default_factory=list)
     # Paths whose value failed structural validation: semantic checks skip them.
     failed: set[Path] = field(default_factory=set)
+    # Problems Choria's loader does not see (it finds them when the machine starts, or never):
+    # ``machinery graph`` still draws a machine that has only these.
+    beyond_load: list[Diagnostic] = field(default_factory=list)
+    _beyond_load_depth: int = 0
 
     # -- reporting -----------------------------------------------------------------------
 
@@ -243,7 +288,19 @@ class _Checker:
             pos = self.doc.key_position(path)
         else:
             pos = self.doc.value_position(path)
-        self.diagnostics.append(Diagnostic(self.doc.file, pos, message, severity))
+        diagnostic = Diagnostic(self.doc.file, pos, message, severity)
+        self.diagnostics.append(diagnostic)
+        if self._beyond_load_depth:
+            self.beyond_load.append(diagnostic)
+
+    @contextlib.contextmanager
+    def beyond_choria_load(self) -> Iterator[None]:
+        """Problems reported inside are not ones Choria's loader refuses (see ``beyond_load``)."""
+        self._beyond_load_depth += 1
+        try:
+            yield
+        finally:
+            self._beyond_load_depth -= 1
 
     def warn(self, path: Path, message: str) -> None:
         self.report(path, message, Severity.WARNING)
@@ -281,19 +338,64 @@ class _Checker:
         spec = self._structure(data)
         self._machine(spec, data)
         known_states = set(spec.states())
-        self._transitions(spec, data)
+        with self.beyond_choria_load():
+            self._transitions(spec, data)
+        self._subscriptions(spec)
         properties = self._watchers(spec, data, known_states)
-        self._reachability(spec)
+        with self.beyond_choria_load():
+            self._reachability(spec)
         return spec, properties
 
     # -- structure (pydantic) --------------------------------------------------------------
 
     def _structure(self, data: dict[str, Any]) -> MachineSpec:
-        try:
-            return MachineSpec.model_validate(data)
-        except ValidationError as exc:
-            self._pydantic_errors(exc, (), MachineSpec)
+        spec, data, error = self._validate_known(MachineSpec, data, ())
+        if spec is not None:
+            return spec
+        assert error is not None
+        self._pydantic_errors(error, (), MachineSpec)
         return self._salvage(MachineSpec, data, ())  # type: ignore[return-value]
+
+    def _validate_known(
+        self, model: type[_Model], data: Any, prefix: Path
+    ) -> tuple[_Model | None, Any, ValidationError | None]:
+        """``data`` validated as ``model``, ignoring the keys it does not know (each a warning):
+        the model (None if invalid), the data without those keys, and what is still wrong.
+
+        Choria decodes manifests and properties without refusing unused keys, so a key it does
+        not know (a typo, or a setting for a newer version) must not stop a machine it runs.
+        """
+        try:
+            return model.model_validate(data), data, None
+        except ValidationError as exc:
+            error = exc
+        known = self._drop_unknown_keys(error, data, prefix, model)
+        if known is data:
+            return None, data, error
+        try:
+            return model.model_validate(known), known, None
+        except ValidationError as exc:
+            return None, known, exc
+
+    def _drop_unknown_keys(
+        self, error: ValidationError, data: Any, prefix: Path, model: type[BaseModel]
+    ) -> Any:
+        """A copy of ``data`` without the unknown keys ``error`` names, each reported as a
+        warning; ``data`` itself when there are none."""
+        unknown = [e["loc"] for e in error.errors() if e["type"] == "extra_forbidden"]
+        if not unknown:
+            return data
+        data = copy.deepcopy(data)
+        for loc in unknown:
+            try:
+                container: Any = data
+                for step in loc[:-1]:
+                    container = container[_input_key(container, step)]
+                container.pop(_input_key(container, loc[-1]))
+            except (KeyError, IndexError, TypeError, AttributeError):
+                continue  # not where the input had it: validation reports it as an error
+            self._unknown_key((*prefix, *loc), prefix, model, Severity.WARNING)
+        return data
 
     def _salvage(self, model: type[BaseModel], data: Any, path: Path) -> BaseModel:
         """Build the largest valid part of ``data`` so semantic checks can still run."""
@@ -325,7 +427,8 @@ class _Checker:
             kind = error["type"]
             ctx = error.get("ctx") or {}
             if kind == "extra_forbidden":
-                self._unknown_key(loc, prefix, model)
+                # Only a key that could not be dropped gets here: the value cannot be used.
+                self._unknown_key(loc, prefix, model, Severity.ERROR)
                 continue
             self.failed.add(loc)
             message = error["msg"]
@@ -343,7 +446,9 @@ class _Checker:
                 continue
             self.report(loc, f"{self.describe(loc)}: {_friendly(message, error.get('input'))}")
 
-    def _unknown_key(self, loc: Path, prefix: Path, model: type[BaseModel] | None) -> None:
+    def _unknown_key(
+        self, loc: Path, prefix: Path, model: type[BaseModel] | None, severity: Severity
+    ) -> None:
         key = str(loc[-1])
         parent = loc[:-1]
         owner = _MODEL_AT.get(_names_only(parent)) if model is not WatcherProperties else None
@@ -352,13 +457,13 @@ class _Checker:
         valid = sorted(_field_keys(owner)) if owner is not None else []
         where = self.describe(parent) if parent else "the manifest"
         what = "property" if "properties" in parent else "key"
-        message = f"{where}: unknown {what} {key!r}"
+        message = f"{where}: unknown {what} {key!r} is ignored"
         hint = did_you_mean(key, valid)
         if hint:
             message += hint
         elif valid:
             message += f"; valid {(what == 'key' and 'keys') or 'properties'}: {', '.join(valid)}"
-        self.report(self._original_key_path(loc), message, at_key=True)
+        self.report(self._original_key_path(loc), message, severity, at_key=True)
 
     def _original_key_path(self, loc: Path) -> Path:
         # Property keys are matched case-insensitively; point at the key as written.
@@ -376,10 +481,11 @@ class _Checker:
             if not spec.name:
                 self.report(("name",), "a machine name is required")
             elif not _SAFE_NAME.match(spec.name):
-                self.report(
-                    ("name",),
-                    f"machine name {spec.name!r} may only use letters, digits and _ . : @ -",
-                )
+                with self.beyond_choria_load():
+                    self.report(
+                        ("name",),
+                        f"machine name {spec.name!r} may only use letters, digits and _ . : @ -",
+                    )
             elif not _GENERIC_NAME.match(spec.name):
                 self.warn(
                     ("name",),
@@ -398,11 +504,12 @@ class _Checker:
                 states = {s for t in spec.transitions for s in (*t.from_, t.destination) if s}
                 if spec.transitions and spec.initial_state not in states:
                     hint = did_you_mean(spec.initial_state, states)
-                    self.report(
-                        ("initial_state",),
-                        f"initial state {spec.initial_state!r} is not used by any transition"
-                        f"{hint or '; states are named in from and destination'}",
-                    )
+                    with self.beyond_choria_load():  # Choria accepts it
+                        self.report(
+                            ("initial_state",),
+                            f"initial state {spec.initial_state!r} is not used by any transition"
+                            f"{hint or '; states are named in from and destination'}",
+                        )
         if ("transitions",) not in self.failed and not data.get("transitions"):
             self.report(("transitions",), "no transitions defined")
         if ("watchers",) not in self.failed and not data.get("watchers"):
@@ -410,7 +517,27 @@ class _Checker:
 
     # -- transitions -----------------------------------------------------------------------
 
+    def _subscriptions(self, spec: MachineSpec) -> None:
+        for index, transition in enumerate(spec.transitions):
+            if ("transitions", index) in self.failed:
+                continue
+            for i, sub in enumerate(transition.subscribe):
+                sub_path: Path = ("transitions", index, "subscribe", i)
+                if sub_path in self.failed:
+                    continue
+                if not sub.machine_name:
+                    self.report(
+                        sub_path,
+                        f"machine name is required on subscription for transition {transition.name!r}",
+                    )
+                if not sub.event:
+                    self.report(
+                        sub_path,
+                        f"event name is required on subscription for transition {transition.name!r}",
+                    )
+
     def _transitions(self, spec: MachineSpec, data: dict[str, Any]) -> None:
+        """Checks Choria never makes: names, ``from``, ``destination``, duplicates."""
         seen: dict[tuple[str, str], tuple[int, str]] = {}
         for index, transition in enumerate(spec.transitions):
             path: Path = ("transitions", index)
@@ -425,20 +552,6 @@ class _Checker:
                     self.report((*path, "from", i), f"{self.describe(path)}: empty state name")
             if not transition.destination and (*path, "destination") not in self.failed:
                 self.report(path, f"{self.describe(path)} has no destination")
-            for i, sub in enumerate(transition.subscribe):
-                sub_path: Path = (*path, "subscribe", i)
-                if sub_path in self.failed:
-                    continue
-                if not sub.machine_name:
-                    self.report(
-                        sub_path,
-                        f"machine name is required on subscription for transition {transition.name!r}",
-                    )
-                if not sub.event:
-                    self.report(
-                        sub_path,
-                        f"event name is required on subscription for transition {transition.name!r}",
-                    )
             if not transition.name:
                 continue
             for i, state in enumerate(transition.from_):
@@ -481,16 +594,19 @@ class _Checker:
                     self.report(path, f"watcher #{index + 1} has no name")
             elif watcher.name in names:
                 first = self.doc.value_position(("watchers", names[watcher.name], "name")).line
-                self.report(
-                    (*path, "name"),
-                    f"duplicate watcher name {watcher.name!r} (first at line {first})",
-                )
+                with self.beyond_choria_load():  # Choria finds duplicates when it starts
+                    self.report(
+                        (*path, "name"),
+                        f"duplicate watcher name {watcher.name!r} (first at line {first})",
+                    )
             else:
                 names[watcher.name] = index
             self._watcher_names(spec, watcher, path, known_states, transitions)
-            kind = self._watcher_kind(watcher, path)
-            self._watcher_intervals(watcher, path, kind)
-            properties.append(self._watcher_properties(spec, watcher, path, kind))
+            self._announce_interval(watcher, path)
+            with self.beyond_choria_load():
+                kind = self._watcher_kind(watcher, path)
+                self._watcher_interval(watcher, path, kind)
+                properties.append(self._watcher_properties(spec, watcher, path, kind))
         return properties
 
     def _watcher_names(
@@ -529,6 +645,11 @@ class _Checker:
             self.report(
                 (*path, key), f"invalid {key} {event!r} specified in watcher {watcher.name!r}{hint}"
             )
+        with self.beyond_choria_load():
+            self._foreign_states(spec, watcher, path)
+
+    def _foreign_states(self, spec: MachineSpec, watcher: WatcherSpec, path: Path) -> None:
+        # Choria checks these lazily, when the watcher runs.
         for i, foreign in enumerate(watcher.foreign_state_required):
             item: Path = (*path, "foreign_state_required", i)
             if item in self.failed:
@@ -562,9 +683,7 @@ class _Checker:
             )
         return kind
 
-    def _watcher_intervals(
-        self, watcher: WatcherSpec, path: Path, kind: WatcherKind | None
-    ) -> None:
+    def _announce_interval(self, watcher: WatcherSpec, path: Path) -> None:
         announce = watcher.announce_interval
         if announce is not None and announce != 0 and announce < _MIN_ANNOUNCE:
             self.report(
@@ -572,6 +691,8 @@ class _Checker:
                 f"announce interval {format_go_duration(announce)} is too small for watcher "
                 f"{watcher.name!r} (minimum 1m)",
             )
+
+    def _watcher_interval(self, watcher: WatcherSpec, path: Path, kind: WatcherKind | None) -> None:
         if kind is None or watcher.interval is None:
             return
         if not kind.uses_interval:
@@ -600,10 +721,10 @@ class _Checker:
                 self.warn((*props_path, key), model.ignored_keys[lowered])
                 continue
             raw[lowered] = value
-        try:
-            properties = model.model_validate(raw)
-        except ValidationError as exc:
-            self._pydantic_errors(exc, props_path, model)
+        properties, _, error = self._validate_known(model, raw, props_path)
+        if properties is None:
+            assert error is not None
+            self._pydantic_errors(error, props_path, model)
             return WatcherProperties()
         for problem in kind.check_definition(spec, watcher, properties):
             self._problem(path, problem)
@@ -651,6 +772,16 @@ class _Checker:
                     f"watcher {watcher.name!r} can never be active: none of its states can be "
                     "reached",
                 )
+
+
+def _input_key(container: Any, key: str | int) -> Any:
+    """``key`` as written in ``container``: property keys are matched without regard to case,
+    so a model may report a lower-cased key."""
+    if isinstance(container, dict) and key not in container and isinstance(key, str):
+        for written in container:
+            if str(written).lower() == key:
+                return written
+    return key
 
 
 def _names_only(path: Path) -> tuple[str, ...]:

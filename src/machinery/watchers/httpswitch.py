@@ -256,5 +256,5 @@ class HttpSwitchWatcher(Watcher[HttpSwitchProperties]):
     def describe_payload(cls, payload: Mapping[str, Any]) -> str:
         return (
             f"{payload.get('identity')} {payload.get('machine')}#{payload.get('name')} "
-            f"switch: {payload.get('status')}"
+            f"previous: {payload.get('status')}"
         )
