@@ -726,7 +726,7 @@ def test_evaluation_cost_limit() -> None:
     started = time.monotonic()
     error = runtime_error("count(1..100000, all(1..100000, # > 0))")
     assert error.message == "expression evaluation is too expensive (more than 1000000 steps)"
-    assert_took(time.monotonic() - started, 10.0, "expression stopped at its cost limit")
+    assert_took(time.monotonic() - started, 30.0, "expression stopped at its cost limit")
 
 
 def test_string_size_limit() -> None:
