@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
 import random
 import textwrap
 import time
@@ -53,6 +55,27 @@ class Recorder:
 
     def outcomes(self, watcher: str) -> list[str]:
         return [str(s.payload.get("previous_outcome")) for s in self.states(watcher)]
+
+
+# Set by ``python -m bench.test_timings``: every bounded time is appended here, so the bounds can
+# be compared with what the machine really shows (bench/test-timings.md).
+TIMINGS_ENV = "MACHINERY_TEST_TIMINGS"
+
+
+def assert_took(seconds: float, bound: float, what: str) -> None:
+    """Assert a wall-clock time measured in a test against an absolute bound.
+
+    A test box is loaded and shared, so an absolute bound must be at least 10x what the machine
+    normally shows: the figures and the ratios are in bench/test-timings.md (a bound is a
+    regression and hang check, not the performance target; the targets are in bench/results.md).
+    """
+    record = os.environ.get(TIMINGS_ENV)
+    if record:
+        test = os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0]
+        line = json.dumps({"what": what, "seconds": seconds, "bound": bound, "test": test})
+        with open(record, "a", encoding="utf-8") as handle:
+            handle.write(line + "\n")
+    assert seconds < bound, f"{what}: {seconds:.3f}s, bound {bound}s (see bench/test-timings.md)"
 
 
 async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:

@@ -36,6 +36,7 @@ from tests.fuzz.strategies import (
     hostile_text,
     template_soup,
 )
+from tests.support import assert_took
 
 # The build machine is shared: a generous deadline still catches anything super-linear.
 FUZZ = settings(
@@ -119,7 +120,7 @@ def test_huge_duration_texts_are_bounded() -> None:
         peak, took, result = peak_memory(functools.partial(parse_duration, text))
         print(f"duration, {what}: {type(result).__name__} in {took:.2f}s, peak {peak >> 10} KiB")
         assert isinstance(result, (float, DurationError))
-        assert took < 10
+        assert_took(took, 10.0, f"duration, {what}")
         assert peak < 64 << 20
 
 
@@ -175,7 +176,8 @@ def test_template_amplification_is_bounded() -> None:
             f"{str(result)[:60]!r} in {took:.2f}s, peak {peak >> 20} MiB"
         )
         assert isinstance(result, TemplateError), what
-        assert took < 10 and peak < 64 << 20
+        assert_took(took, 10.0, f"template, {what}")
+        assert peak < 64 << 20
 
 
 # -- command lines -----------------------------------------------------------------------------
@@ -247,7 +249,8 @@ def test_expression_amplification_is_bounded() -> None:
         )
         print(f"expression, {what}: {str(result)[:70]!r} in {took:.2f}s, peak {peak >> 20} MiB")
         assert isinstance(result, ExpressionError), what
-        assert took < 20 and peak < 128 << 20
+        assert_took(took, 20.0, f"expression, {what}")
+        assert peak < 128 << 20
 
 
 REDOS = """
@@ -261,16 +264,17 @@ print(time.monotonic() - started)
 
 
 def test_a_catastrophic_regex_over_hostile_data_is_bounded() -> None:
-    # In a child process, so the (currently exponential) evaluation cannot hang the suite.
+    # In a child process, so an exponential evaluation cannot hang the suite. The child's own
+    # start (Python and imports) is not measured: on a loaded box it alone can take seconds.
     try:
         done = subprocess.run(
-            [sys.executable, "-c", REDOS], capture_output=True, text=True, timeout=3
+            [sys.executable, "-c", REDOS], capture_output=True, text=True, timeout=60
         )
     except subprocess.TimeoutExpired:
-        print("'^(a+)+$' over 40 a's and '!': still running after 3s")
+        print("'^(a+)+$' over 40 a's and '!': still running after 60s")
         raise AssertionError("regular expression evaluation is unbounded") from None
     assert done.returncode == 0, done.stderr
-    assert float(done.stdout) < 1.0
+    assert_took(float(done.stdout), 1.0, "'^(a+)+$' over 40 a's and '!'")
 
 
 # -- perfdata ----------------------------------------------------------------------------------
@@ -332,7 +336,8 @@ def test_huge_plugin_output_is_bounded() -> None:
         assert isinstance(result, list) and len(result) <= MAX_ITEMS
         if what.startswith("1.5"):
             assert len(result) == MAX_ITEMS
-        assert took < 20 and peak < 128 << 20
+        assert_took(took, 20.0, f"perfdata, {what}")
+        assert peak < 128 << 20
 
 
 # -- gjson -------------------------------------------------------------------------------------
@@ -366,7 +371,8 @@ def test_gjson_over_large_documents_is_bounded() -> None:
         shown = type(result).__name__ if not isinstance(result, tuple) else f"found={result[0]}"
         print(f"gjson, {what}: {shown} in {took:.2f}s, peak {peak >> 20} MiB")
         assert isinstance(result, (tuple, GJSONPathError)), result
-        assert took < 20 and peak < 256 << 20
+        assert_took(took, 20.0, f"gjson, {what}")
+        assert peak < 256 << 20
 
 
 def test_hostile_strings_are_listed() -> None:

@@ -33,7 +33,7 @@ from machinery.spec.validate import Manifest, check_manifest_text
 from machinery.spec.yamlfile import MAX_DEPTH, MAX_FILE_BYTES, MAX_NODES, load_yaml
 from machinery.watchers.registry import default_registry
 from tests.fuzz.strategies import HOSTILE_STRINGS, hostile_text
-from tests.support import CORPUS, make_node
+from tests.support import CORPUS, assert_took, make_node
 
 ROOT = Path(__file__).resolve().parents[2]
 REGISTRY = default_registry()
@@ -408,7 +408,7 @@ def test_yaml_bombs_are_refused_with_a_clear_message(what: str) -> None:
     print(f"yaml bomb, {what}: refused in {took:.2f}s: {shown}")
     assert document.data is None and manifest is None
     assert any(message in d.message for d in diagnostics), diagnostics[:3]
-    assert took < 5
+    assert_took(took, 20.0, f"yaml bomb refused, {what}")
 
 
 VALIDATE = [sys.executable, "-m", "machinery", "validate"]
@@ -450,7 +450,7 @@ def test_machinery_validate_refuses_bombs(tmp_path: Path) -> None:
         assert done.returncode == 1
         assert BOMBS[what][1] in done.stderr
         assert "Traceback" not in done.stderr
-        assert took < 60
+        assert_took(took, 60.0, f"machinery validate refusing a bomb, {what}")
 
 
 def test_a_huge_manifest_is_refused_without_reading_it_all(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from machinery.lang.gjson import (
     lookup,
     validate_path,
 )
+from tests.support import assert_took
 
 # The example document of gjson's README and SYNTAX.md.
 DOC: dict[str, Any] = {
@@ -764,7 +765,7 @@ def test_adversarial_inputs_finish_quickly(document: object, path: str) -> None:
     start = time.perf_counter()
     result = lookup(document, path)
     assert isinstance(result, tuple)
-    assert time.perf_counter() - start < 2.0
+    assert_took(time.perf_counter() - start, 10.0, f"gjson adversarial lookup {path[:30]!r}")
 
 
 def test_adversarial_modifier_argument() -> None:

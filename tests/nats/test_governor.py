@@ -27,7 +27,15 @@ from machinery.nats.connection import BrokerConnection
 from machinery.nats.governor import NatsGovernor, backoff_delay, bucket_name
 from tests.agent.conftest import agent_factory  # noqa: F401  (a fixture)
 from tests.natsserver import NatsServer, cluster
-from tests.support import Recorder, make_machine, make_node, running, wait_until, write_machine
+from tests.support import (
+    Recorder,
+    assert_took,
+    make_machine,
+    make_node,
+    running,
+    wait_until,
+    write_machine,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -124,7 +132,9 @@ async def test_a_full_governor_times_out(nats_server: NatsServer) -> None:
             ):
                 async with second.acquire("jobs", 1.5, holder="b"):
                     pass
-            assert 1.5 <= time.monotonic() - started < 3
+            took = time.monotonic() - started
+            assert took >= 1.5  # a lower bound: load only makes it later
+            assert_took(took - 1.5, 1.5, "a full governor: the time past its 1.5 s timeout")
             with pytest.raises(GovernorTimeout):
                 async with second.acquire("jobs", 0, holder="b"):
                     pass
@@ -141,7 +151,7 @@ async def test_the_broker_away_is_an_error_not_a_hang(nats_server: NatsServer) -
         with pytest.raises(GovernorError, match=r"^not connected to NATS$"):
             async with governor.acquire("jobs", 300, holder="a"):
                 pass
-        assert time.monotonic() - started < 4
+        assert_took(time.monotonic() - started, 30.0, "governor acquire failing, broker down")
         with pytest.raises(GovernorError, match="not connected to NATS"):
             await governor.view("jobs")
         nats_server.start()
@@ -158,7 +168,7 @@ async def test_the_broker_away_is_an_error_not_a_hang(nats_server: NatsServer) -
     with pytest.raises(GovernorError, match=r"^not connected to NATS$"):
         async with lonely.acquire("jobs", 60, holder="a"):
             pass
-    assert time.monotonic() - started < 2
+    assert_took(time.monotonic() - started, 5.0, "governor acquire, no broker (connect 0.3 s)")
 
 
 def test_backoff_is_choria_five_sec() -> None:
@@ -201,8 +211,9 @@ async def test_a_governor_of_two_never_admits_three_across_nodes(
         assert len(spans) == 9
         assert max_overlap(spans) == 2  # never three, and really two at once
         assert len(set(sequences)) == 9
-        # Woken on release rather than polling alone: nine 0.25s jobs, two at a time.
-        assert elapsed < 20
+        # Nine 0.25 s jobs, two at a time: a hang check only (the bound is 10x the figure in
+        # bench/test-timings.md, so it cannot tell waking on release from polling alone).
+        assert_took(elapsed, 60.0, "nine 0.25 s governed jobs, two at a time, three nodes")
         assert (await governors[1].view("jobs")).holders == []
 
 

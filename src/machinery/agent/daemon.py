@@ -31,7 +31,7 @@ from machinery.agent.config import ConfigError, LoadedSettings, Settings, load_s
 from machinery.agent.host import MachineGroup
 from machinery.agent.metrics import AgentMetrics
 from machinery.agent.spool import EventSpool
-from machinery.agent.state import StateDB, StateWriter
+from machinery.agent.state import DamagedDatabase, StateDB, StateWriter
 from machinery.agent.store import StoreManager
 from machinery.core.atomic import atomic_write
 from machinery.core.facts import Facts, FactsError
@@ -111,6 +111,10 @@ class Agent:
             raise AgentError(str(exc)) from exc
         try:
             self.db = StateDB(settings.state_dir)
+        except DamagedDatabase as exc:
+            if sock is not None:
+                sock.close()
+            raise AgentError(str(exc)) from None
         except (OSError, sqlite3.Error) as exc:
             if sock is not None:
                 sock.close()
@@ -190,6 +194,9 @@ class Agent:
                     else None
                 )
                 store_task = tasks.create_task(self.store.run(), name="store")
+                file_task = tasks.create_task(
+                    self.writer.guard_file(self.node.clock), name="state file"
+                )
                 freeze_task = (
                     tasks.create_task(self._freeze_when_loaded(), name="heap freeze")
                     if self._freeze_heap
@@ -206,6 +213,7 @@ class Agent:
                     self._stop_http()
                 if freeze_task is not None:
                     freeze_task.cancel()
+                file_task.cancel()
                 store_task.cancel()
                 await asyncio.gather(store_task, return_exceptions=True)
                 if publisher_task is not None:

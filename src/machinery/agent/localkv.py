@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from machinery.agent.state import connect
+from machinery.agent.state import TrackedConnection
 from machinery.core.kv import BucketNotFound, KVEntry, KVError, KVOperation, KVRevisionMismatch
 
 __all__ = [
@@ -108,8 +108,8 @@ class LocalKV:
 
     def __init__(self, db_path: Path) -> None:
         self.path = Path(db_path)
-        self._reader: sqlite3.Connection | None = None
-        self._writer: sqlite3.Connection | None = None
+        self._reader: TrackedConnection | None = None
+        self._writer: TrackedConnection | None = None
         self._read_lock = threading.Lock()
         self._write_lock = threading.Lock()
         # Serialises writes and their announcements, so watchers see revisions in order.
@@ -212,10 +212,13 @@ class LocalKV:
     async def _read(self, operation: Callable[[sqlite3.Connection], T]) -> T:
         def run() -> T:
             with self._read_lock:
-                if self._reader is None:
-                    self._reader = connect(self.path)
-                db = self._reader
-                return _sqlite(lambda: operation(db))
+
+                def read() -> T:
+                    if self._reader is None:
+                        self._reader = TrackedConnection(self.path)
+                    return operation(self._reader.follow())
+
+                return _sqlite(read)
 
         return await asyncio.to_thread(run)
 
@@ -266,12 +269,12 @@ class LocalKV:
     async def _transaction(self, operation: Callable[[sqlite3.Connection], T]) -> T:
         def run() -> T:
             with self._write_lock:
-                if self._writer is None:
-                    self._writer = connect(self.path)
-                db = self._writer
 
                 def commit() -> T:
-                    db.execute("BEGIN IMMEDIATE")
+                    if self._writer is None:
+                        self._writer = TrackedConnection(self.path)
+                    # On the file the path names, also after the database was put back.
+                    db = self._writer.begin_write()
                     try:
                         result = operation(db)
                         db.execute("COMMIT")

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from machinery.agent.state import AfterCommit, StateWriter, connect
+from machinery.agent.state import AfterCommit, StateWriter, TrackedConnection
 
 __all__ = ["EventSpool", "SpooledEvent"]
 
@@ -56,9 +56,9 @@ class EventSpool:
         self.max_bytes = max_bytes
         self.max_age = max_age
         self._on_drop = on_drop
-        self._reader = connect(db_path)
+        self._reader = TrackedConnection(db_path)
         self._read_lock = threading.Lock()
-        row = self._reader.execute(
+        row = self._reader.connection.execute(
             "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM spool"
         ).fetchone()
         # Writer-thread bookkeeping (only touched from the writer thread after start).
@@ -213,7 +213,7 @@ class EventSpool:
         with self._read_lock:
             return [
                 SpooledEvent(*row)
-                for row in self._reader.execute(
+                for row in self._reader.follow().execute(
                     "SELECT seq, subject, msg_id, payload FROM spool WHERE seq > ? ORDER BY seq LIMIT ?",
                     (after, limit),
                 )

@@ -9,6 +9,15 @@ Writes never block the event loop: :class:`StateWriter` queues them to a thread 
 whatever has accumulated in one transaction. A killed process loses at most the batch being
 written; the database itself is always consistent (SQLite's WAL journal). Reads run in a thread
 too (``asyncio.to_thread``) on their own connection.
+
+The file can be deleted under a running agent (a clean-up script, ``rm -rf`` of the wrong
+directory): every connection keeps working on the unlinked file, and a restart would find
+nothing. :meth:`StateWriter.check_file` notices (the path no longer names the open file) and puts
+the database back under its path from the open connection (SQLite's backup API), while holding
+the write lock so that no commit falls between the copy and the swap; every connection then
+follows the path to the restored file (:class:`TrackedConnection`). A database that is damaged
+at start is refused with one clear message (:class:`DamagedDatabase`): it is kept as it is for
+inspection, and docs/agent.md "Recovery" says what to do.
 """
 
 from __future__ import annotations
@@ -16,8 +25,10 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import queue
 import sqlite3
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,16 +36,30 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from machinery.core.atomic import fsync_directory
+from machinery.core.clock import Clock
 from machinery.core.notifications import (
     MachineEvent,
     TransitionNotification,
     WatcherStateNotification,
 )
 
-__all__ = ["DB_NAME", "HistoryEntry", "StateDB", "StateWriter"]
+__all__ = [
+    "DB_NAME",
+    "FILE_CHECK_INTERVAL",
+    "DamagedDatabase",
+    "HistoryEntry",
+    "StateDB",
+    "StateWriter",
+    "TrackedConnection",
+]
 
 DB_NAME = "machinery.db"
 SCHEMA_VERSION = 1
+# Seconds between checks that the state database is still at its path.
+FILE_CHECK_INTERVAL = 2.0
+# SQLite's files next to the database in WAL mode.
+_SIDE_FILES = ("-wal", "-shm")
 
 log = logging.getLogger("machinery.state")
 
@@ -125,6 +150,98 @@ def connect(path: Path) -> sqlite3.Connection:
     return connection
 
 
+FileIdentity = tuple[int, int]
+
+
+def file_identity(path: Path) -> FileIdentity | None:
+    """``(st_dev, st_ino)`` of the file ``path`` names, None when nothing is there."""
+    try:
+        status = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return status.st_dev, status.st_ino
+
+
+# The file each database path was last put back as (by StateWriter._restore). While the path
+# names nothing, a connection on this file is current (it is what the next restore copies), and
+# one on an older file is stale: the file was deleted again before that connection followed.
+_put_back: dict[str, FileIdentity] = {}
+
+
+class TrackedConnection:
+    """A connection to the state database that knows which file it has open, and follows the
+    path to another file once the database is put back (see :meth:`StateWriter.check_file`).
+
+    Not thread-safe: each holder uses it from one thread at a time, as with a connection.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.connection, self.identity = self._open()
+
+    def _open(self) -> tuple[sqlite3.Connection, FileIdentity | None]:
+        # The file is the one the path named both before and after the open: the path only
+        # ever changes by a rename, so the connection has that file.
+        for _ in range(10):
+            before = file_identity(self.path)
+            connection = connect(self.path)
+            after = file_identity(self.path)
+            if before == after:
+                return connection, after
+            connection.close()
+        raise sqlite3.OperationalError(f"{self.path} keeps changing while it is opened")
+
+    def replaced(self) -> bool:
+        """The database is now another file than the open one (not when the path names
+        nothing because the open file was deleted: it stays in use until it is put back)."""
+        current = file_identity(self.path) or _put_back.get(os.path.abspath(self.path))
+        return current is not None and current != self.identity
+
+    def reopen(self) -> None:
+        self.connection.close()
+        self.connection, self.identity = self._open()
+
+    def follow(self) -> sqlite3.Connection:
+        """The connection, on the file the path names now."""
+        if self.replaced():
+            if file_identity(self.path) is None:
+                # Put back, then deleted again before this connection followed: what it would
+                # write here would be lost, and opening the path would create an empty file.
+                raise sqlite3.OperationalError(
+                    f"the state database {self.path} was deleted and is being put back"
+                )
+            self.reopen()
+        return self.connection
+
+    def begin_write(self) -> sqlite3.Connection:
+        """``BEGIN IMMEDIATE`` on the file the path names. Checked once the write lock is held:
+        the restore swaps the files while holding the old file's write lock, so a writer that
+        waited for it must not commit to the old file afterwards."""
+        while True:
+            db = self.follow()
+            db.execute("BEGIN IMMEDIATE")
+            if not self.replaced():
+                return db
+            db.execute("ROLLBACK")
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+class DamagedDatabase(Exception):
+    """The state database is not a SQLite database or fails its integrity check."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        self.path = path
+        self.problem = problem
+        super().__init__(
+            f"the state database {path} is damaged ({problem}); it is left as it is for "
+            f"inspection. To start with an empty state, stop the agent and move it aside with "
+            f"its -wal and -shm files (mv {path} {path}.damaged), or salvage it with "
+            f"'sqlite3 {path} .recover'; see docs/agent.md, \"Recovery\""
+        )
+
+
 class StateDB:
     """Opening, migrating and reading the state database."""
 
@@ -132,16 +249,24 @@ class StateDB:
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.path = state_dir / DB_NAME
         self._read_lock = threading.Lock()
-        with contextlib.closing(connect(self.path)) as connection:
-            connection.executescript(_SCHEMA)
-            connection.execute(
-                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
-                (str(SCHEMA_VERSION),),
-            )
-            check = connection.execute("PRAGMA quick_check").fetchone()[0]
-            if check != "ok":
-                log.error("state database %s failed its integrity check: %s", self.path, check)
-        self._reader = connect(self.path)
+        try:
+            with contextlib.closing(connect(self.path)) as connection:
+                # Checked before anything is written to it, so a damaged file stays as it was.
+                problems = [row[0] for row in connection.execute("PRAGMA quick_check(3)")]
+                if problems != ["ok"]:
+                    raise DamagedDatabase(self.path, "; ".join(problems))
+                connection.executescript(_SCHEMA)
+                connection.execute(
+                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
+                    (str(SCHEMA_VERSION),),
+                )
+        except sqlite3.DatabaseError as exc:
+            # "file is not a database", "database disk image is malformed": damage, where an
+            # OperationalError (permissions, a full disk) is not.
+            if isinstance(exc, sqlite3.OperationalError):
+                raise
+            raise DamagedDatabase(self.path, str(exc)) from exc
+        self._reader = TrackedConnection(self.path)
 
     def close(self) -> None:
         with self._read_lock:
@@ -150,7 +275,7 @@ class StateDB:
     @contextlib.contextmanager
     def reading(self) -> Iterator[sqlite3.Connection]:
         with self._read_lock:
-            yield self._reader
+            yield self._reader.follow()
 
     # -- queries (call from a thread: asyncio.to_thread) ------------------------------------
 
@@ -202,8 +327,16 @@ _UPSERT_STATE = (
 )
 
 
+@dataclass(frozen=True, slots=True)
+class _FileCheck:
+    """Queued for the writer thread: is the database still at its path?"""
+
+    done: threading.Event
+
+
 class StateWriter:
-    """Queues writes to a thread that commits them in batches."""
+    """Queues writes to a thread that commits them in batches (and puts the database back when
+    it is deleted, see :meth:`check_file`)."""
 
     def __init__(
         self,
@@ -217,7 +350,9 @@ class StateWriter:
         self.max_per_machine = max_per_machine
         self.max_age = max_age
         self._manifest_sha = manifest_sha
-        self._queue: queue.SimpleQueue[Operation | threading.Event | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Operation | threading.Event | _FileCheck | None] = (
+            queue.SimpleQueue()
+        )
         self._touched: set[str] = set()
         self._latest_states: dict[str, tuple[str, str, str, str, float]] = {}
         self._last_prune = 0.0
@@ -225,6 +360,9 @@ class StateWriter:
         self.written = 0
         self.errors = 0
         self.last_error: str | None = None
+        self.restores = 0
+        # The identity of the file last reported missing or replaced: one log line per incident.
+        self._reported_loss: tuple[FileIdentity, FileIdentity | None] | None = None
         self._thread = threading.Thread(
             target=self._run, name="machinery-state-writer", daemon=True
         )
@@ -312,8 +450,24 @@ class StateWriter:
         self._queue.put(None)
         self._thread.join(timeout)
 
+    def check_file(self) -> threading.Event:
+        """Have the writer thread check that the path still names the open database, and put
+        the database back there when it does not; the event is set once that is done."""
+        check = _FileCheck(threading.Event())
+        self._queue.put(check)
+        return check.done
+
+    async def guard_file(self, clock: Clock, interval: float = FILE_CHECK_INTERVAL) -> None:
+        """Check the file every ``interval`` seconds (a task for the agent's lifetime)."""
+        while True:
+            await clock.sleep(interval)
+            self.check_file()
+
     def _run(self) -> None:
-        db = connect(self.db.path)
+        db = TrackedConnection(self.db.path)
+        # A second connection on the same file: the backup reads through it while ``db`` holds
+        # the write lock (SQLite cannot back up from the connection that is writing).
+        snapshot = TrackedConnection(self.db.path)
         try:
             while True:
                 batch = [self._queue.get()]
@@ -325,19 +479,101 @@ class StateWriter:
                 operations = [
                     item
                     for item in batch
-                    if item is not None and not isinstance(item, threading.Event)
+                    if item is not None and not isinstance(item, (threading.Event, _FileCheck))
                 ]
                 self._write(db, operations)
                 self._maybe_prune(db)
+                if any(isinstance(item, _FileCheck) for item in batch):
+                    self._check_file(db, snapshot)
                 for item in batch:
                     if isinstance(item, threading.Event):
                         item.set()
+                    elif isinstance(item, _FileCheck):
+                        item.done.set()
                 if None in batch:
                     return
         finally:
             db.close()
+            snapshot.close()
 
-    def _write(self, db: sqlite3.Connection, batch: list[Operation]) -> None:
+    def _check_file(self, db: TrackedConnection, snapshot: TrackedConnection) -> None:
+        path = self.db.path
+        current = file_identity(path)
+        if db.identity is None or current == db.identity:
+            return
+        incident = (db.identity, current)
+        if self._reported_loss != incident:
+            self._reported_loss = incident
+            what = "deleted" if current is None else "replaced by another file"
+            log.error(
+                "the state database %s was %s while the agent runs: putting it back from the "
+                "open database",
+                path,
+                what,
+            )
+        try:
+            size = self._restore(db, snapshot, current)
+        except (OSError, sqlite3.Error) as exc:
+            # Everything is still in the open (deleted) file: the next check tries again.
+            log.error("could not put the state database %s back: %s", path, exc)
+            return
+        self.restores += 1
+        self._reported_loss = None
+        log.warning("the state database %s is back (%d bytes, nothing lost)", path, size)
+
+    def _restore(
+        self, db: TrackedConnection, snapshot: TrackedConnection, current: FileIdentity | None
+    ) -> int:
+        """Copy the open database to a new file and rename it to the database's path, holding
+        the old file's write lock throughout: every commit before is in the copy, and every
+        writer after finds the new file (:meth:`TrackedConnection.begin_write`)."""
+        path = self.db.path
+        writer = db.connection
+        writer.execute("BEGIN IMMEDIATE")
+        try:
+            fd, tmp_name = tempfile.mkstemp(
+                prefix=f".{path.name}.", suffix=".restore", dir=path.parent
+            )
+            os.close(fd)
+            tmp = Path(tmp_name)
+            try:
+                with contextlib.closing(sqlite3.connect(tmp)) as copy:
+                    snapshot.connection.backup(copy)
+                # Closing the copy checkpointed and removed its own -wal: one file to move.
+                os.chmod(tmp, 0o600)
+                with open(tmp, "rb") as handle:
+                    os.fsync(handle.fileno())
+                size = tmp.stat().st_size
+                if current is not None:
+                    # Someone put another file there: keep it (and its WAL) for inspection.
+                    aside = path.with_name(f"{path.name}.replaced-{int(time.time())}")
+                    os.link(path, aside)
+                    for suffix in _SIDE_FILES:
+                        with contextlib.suppress(FileNotFoundError):
+                            os.replace(f"{path}{suffix}", f"{aside}{suffix}")
+                else:
+                    # A -wal or -shm left at the path belongs to the deleted file (still open
+                    # here): the restored file must not pick them up.
+                    for suffix in _SIDE_FILES:
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(f"{path}{suffix}")
+                os.replace(tmp, path)
+                restored = file_identity(path)
+                if restored is not None:
+                    _put_back[os.path.abspath(path)] = restored
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+                raise
+            fsync_directory(path.parent)
+        finally:
+            with contextlib.suppress(sqlite3.Error):
+                writer.execute("ROLLBACK")
+        db.reopen()
+        snapshot.reopen()
+        return size
+
+    def _write(self, db: TrackedConnection, batch: list[Operation]) -> None:
         if not batch:
             return
         try:
@@ -361,9 +597,9 @@ class StateWriter:
             self.errors += lost
             log.error("could not write %d state records: %s", lost, self.last_error)
 
-    def _commit(self, db: sqlite3.Connection, operations: list[Operation]) -> None:
+    def _commit(self, tracked: TrackedConnection, operations: list[Operation]) -> None:
         hooks: list[AfterCommit] = []
-        db.execute("BEGIN IMMEDIATE")
+        db = tracked.begin_write()
         try:
             for operation in operations:
                 hook = operation(db)
@@ -384,14 +620,15 @@ class StateWriter:
             except Exception:
                 log.exception("after-commit hook failed")
 
-    def _maybe_prune(self, db: sqlite3.Connection) -> None:
+    def _maybe_prune(self, tracked: TrackedConnection) -> None:
         now = time.monotonic()
         if now - self._last_prune < 5.0 and len(self._touched) < 1000:
             return
         self._last_prune = now
         touched, self._touched = self._touched, set()
+        db = tracked.connection
         try:
-            db.execute("BEGIN IMMEDIATE")
+            db = tracked.begin_write()
             for machine in touched:
                 db.execute(
                     "DELETE FROM history WHERE machine = ? AND seq <= (SELECT seq FROM history "

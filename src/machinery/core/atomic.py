@@ -7,7 +7,7 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["atomic_write"]
+__all__ = ["atomic_write", "fsync_directory"]
 
 
 def atomic_write(
@@ -43,10 +43,11 @@ def atomic_write(
             os.unlink(tmp_name)
         raise
     if durable:
-        _fsync_directory(target.parent)
+        fsync_directory(target.parent)
 
 
-def _fsync_directory(directory: Path) -> None:
+def fsync_directory(directory: Path) -> None:
+    """Make a rename or a new file in ``directory`` survive a power loss (best effort)."""
     try:
         fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     except OSError:
