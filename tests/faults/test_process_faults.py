@@ -267,3 +267,28 @@ async def test_thousands_of_runs_leak_nothing(tmp_path: Path) -> None:
     assert result.zombies == 0
     assert result.leftover_processes == 0
     assert result.temp_files_delta == 0
+
+
+async def test_stopping_a_run_while_it_starts_kills_the_whole_group(tmp_path: Path) -> None:
+    # Cancelled while asyncio is still connecting the pipes: asyncio's own clean-up kills only
+    # the leader, so a child the command already started would live on.
+    script = "trap '' TERM; sh -c 'echo $$ > g.pid; sleep 60' & echo $$ > leader.pid; sleep 60"
+    task = asyncio.ensure_future(ProcessRunner(kill_grace=GRACE).run(request(tmp_path, script)))
+    found: list[int] = []
+    for _ in range(20):  # step the loop until the command is forked (a few steps)...
+        await asyncio.sleep(0)
+        deadline = time.monotonic() + 2
+        while len(found) < 2 and time.monotonic() < deadline:
+            # ...then block the loop on purpose: the command runs, its start cannot finish.
+            time.sleep(0.01)
+            found = (
+                [p for p in pids(tmp_path) if p] if len(list(tmp_path.glob("*.pid"))) == 2 else []
+            )
+        if len(found) == 2:
+            break
+    assert len(found) == 2, "the command did not start its child"
+    assert not task.done()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await all_dead(found)

@@ -153,8 +153,8 @@ class ProcessRunner:
                 return CommandResult(None, error=f"refusing to run {request.argv[0]}: {unsafe}")
         capture = request.capture and not request.disown
         loop = asyncio.get_running_loop()
-        try:
-            transport, protocol = await loop.subprocess_exec(
+        starting = asyncio.ensure_future(
+            loop.subprocess_exec(
                 lambda: _Command(request.output_limit),
                 str(program),
                 *request.argv[1:],
@@ -166,6 +166,14 @@ class ProcessRunner:
                 start_new_session=True,
                 close_fds=True,
             )
+        )
+        try:
+            transport, protocol = await asyncio.shield(starting)
+        except asyncio.CancelledError:
+            # Stopped while the command was starting: it may already run and have started
+            # children. asyncio would kill only the leader; the whole group goes instead.
+            await asyncio.shield(self._abandon(starting, request.disown))
+            raise
         except OSError as exc:
             return CommandResult(
                 None, error=f"could not start {request.argv[0]}: {exc.strerror or exc}"
@@ -175,6 +183,19 @@ class ProcessRunner:
         if request.disown:
             return await self._wait_disowned(transport, protocol, started)
         return await self._supervise(transport, protocol, request, started)
+
+    async def _abandon(
+        self,
+        starting: asyncio.Future[tuple[asyncio.SubprocessTransport, _Command]],
+        disown: bool,
+    ) -> None:
+        try:
+            transport, command = await starting
+        except Exception:
+            return  # it never started
+        if not disown:
+            await self._kill_group(transport, command)
+            transport.close()
 
     async def _wait_disowned(
         self, transport: asyncio.SubprocessTransport, command: _Command, started: float
