@@ -386,16 +386,27 @@ class Agent:
         import uvicorn
 
         from machinery.api.app import create_app
-        from machinery.api.server import QuietServer
+        from machinery.api.server import ConnectionLimits, GuardedServer, connection_cap
 
+        http = self.settings.http
         config = uvicorn.Config(
             create_app(self),
+            http="h11",
             log_level="warning",
             access_log=False,
             lifespan="off",
             timeout_graceful_shutdown=1,
         )
-        server = QuietServer(config)
+        cap = connection_cap(http.max_connections)
+        if cap < http.max_connections:
+            log.info(
+                "HTTP API connections limited to %d (of http.max_connections %d) to keep file "
+                "descriptors for machines under RLIMIT_NOFILE",
+                cap,
+                http.max_connections,
+            )
+        limits = ConnectionLimits(max_connections=cap, header_timeout=http.header_timeout)
+        server = GuardedServer(config, limits, self.node.clock if self.node else None)
         self._http_server = server
         self._write_agent_file()
         log.info("HTTP API listening on %s", self.http_url)
