@@ -25,8 +25,8 @@ import ipaddress
 import json
 import socket
 from collections.abc import Callable, Iterable, Mapping
-from urllib.parse import urlsplit
 from typing import TYPE_CHECKING, Annotated, Any
+from urllib.parse import urlsplit
 
 from fastapi import Header, HTTPException
 from starlette.datastructures import Headers

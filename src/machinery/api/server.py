@@ -28,7 +28,6 @@ import resource
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import h11
 import uvicorn

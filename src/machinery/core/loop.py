@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import gc
 import os
 import signal
@@ -11,7 +12,14 @@ import sys
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 
-__all__ = ["STOP_SIGNALS", "freeze_heap", "handle_signals", "install_child_watcher"]
+__all__ = [
+    "LARGE_ALLOCATION",
+    "STOP_SIGNALS",
+    "freeze_heap",
+    "handle_signals",
+    "install_child_watcher",
+    "release_large_allocations",
+]
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -73,3 +81,28 @@ def freeze_heap() -> int:
     # all along. Collecting again with everything frozen is quick, and counts only what is not.
     gc.collect()
     return gc.get_freeze_count()
+
+
+# glibc's mallopt() parameter for the size from which allocations get their own mapping.
+_M_MMAP_THRESHOLD = -3
+LARGE_ALLOCATION = 128 * 1024
+
+
+def release_large_allocations() -> bool:
+    """Give every allocation of :data:`LARGE_ALLOCATION` or more its own mapping, returned to the
+    system when freed; False where the C library is not glibc.
+
+    glibc raises this threshold by itself each time such a block is freed, after which megabyte
+    buffers (KV values, their JSON, event frames) come from heaps that are rarely given back: a
+    burst of large answers, such as many KV watches starting at once, then leaves the agent
+    hundreds of megabytes larger for good although Python freed everything. Setting the
+    threshold turns that adjustment off.
+    """
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, LARGE_ALLOCATION))
