@@ -196,5 +196,6 @@ def test_kv_watchers_that_do_not_read_are_bounded(tmp_path: Path) -> None:
                     if seen == 5:
                         break
         assert seen == 5
+        assert agent.log.read_text().count("Traceback") < 5
     finally:
         agent.kill()

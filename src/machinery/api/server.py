@@ -12,6 +12,8 @@ descriptor the agent has: then the API stops answering and exec watchers fail wi
 - at the cap, the connection idle longest (no request in progress) is closed to make room, so a
   flood of idle connections cannot lock out a real client; when every connection is busy, the
   new one gets a ``503`` and is closed;
+- answers waiting in memory for clients that do not read are bounded across all connections:
+  past :data:`OUTPUT_BUDGET` bytes, the connection holding most is dropped;
 - running out of descriptors anyway (EMFILE on accept) is logged once per interval, and
   accepting pauses briefly instead of spinning.
 """
@@ -38,6 +40,7 @@ from machinery.core.logthrottle import ThrottledLog
 
 __all__ = [
     "FD_RESERVE_MIN",
+    "OUTPUT_BUDGET",
     "ConnectionGate",
     "ConnectionLimits",
     "GuardedServer",
@@ -52,6 +55,8 @@ log = logging.getLogger(__name__)
 # quarter of the limit, whichever is more.
 FD_RESERVE_MIN = 64
 _MIN_CONNECTIONS = 8
+# Bytes of answers buffered for clients that do not read, across all connections.
+OUTPUT_BUDGET = 16 * 1024 * 1024
 # Errors of accept() that mean "out of descriptors or memory": pause, do not spin.
 _EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _ACCEPT_PAUSE = 0.1
@@ -124,9 +129,12 @@ class ConnectionGate:
         self.clock = clock
         self.open: set[_GuardedH11] = set()
         self._idle: dict[_GuardedH11, None] = {}  # insertion order: idle longest first
+        self._stalled: set[_GuardedH11] = set()  # output paused: the client is not reading
         self.evicted = 0
         self.refused = 0
         self.timed_out = 0
+        self.dropped_slow = 0
+        self.output_budget = OUTPUT_BUDGET
         self.full_log = ThrottledLog(log, clock)
         self.exhausted_log = ThrottledLog(log, clock)
 
@@ -145,6 +153,28 @@ class ConnectionGate:
     def closed(self, connection: _GuardedH11) -> None:
         self.open.discard(connection)
         self._idle.pop(connection, None)
+        self._stalled.discard(connection)
+
+    def stalled(self, connection: _GuardedH11) -> None:
+        """``connection``'s output is past its high-water mark: drop the clients holding most
+        while all such output is over the budget."""
+        self._stalled.add(connection)
+        buffered = {c: c.transport.get_write_buffer_size() for c in self._stalled}
+        total = sum(buffered.values())
+        while total > self.output_budget and buffered:
+            slowest = max(buffered, key=buffered.__getitem__)
+            total -= buffered.pop(slowest)
+            self.closed(slowest)
+            slowest.transport.abort()  # close() would keep the unread answer until it is sent
+            self.dropped_slow += 1
+            self.full_log.warning(
+                "HTTP API: dropping clients that do not read their answers (over %d bytes "
+                "buffered for them)",
+                self.output_budget,
+            )
+
+    def flowing(self, connection: _GuardedH11) -> None:
+        self._stalled.discard(connection)
 
     def close_idlest(self) -> bool:
         """Close the connection idle longest; False if every connection is busy."""
@@ -201,6 +231,14 @@ class _GuardedH11(H11Protocol):
         self._stop_head_timer()
         self.gate.closed(self)
         super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self.gate.stalled(self)
+
+    def resume_writing(self) -> None:
+        self.gate.flowing(self)
+        super().resume_writing()
 
     def _waiting_for_head(self) -> bool:
         return self.conn.their_state is h11.IDLE and not self.transport.is_closing()
