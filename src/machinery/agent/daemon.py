@@ -445,7 +445,7 @@ class Agent:
 def run_agent(config_file: Path | None, flags: dict[str, Any]) -> int:
     """Load settings and run the agent in a fresh event loop; returns the exit code."""
     from machinery.cli.main import setup_logging
-    from machinery.core.loop import install_child_watcher, release_large_allocations
+    from machinery.core.loop import install_child_watcher, tune_malloc
 
     def load() -> LoadedSettings:
         return load_settings(config_file, flags)
@@ -458,7 +458,7 @@ def run_agent(config_file: Path | None, flags: dict[str, Any]) -> int:
         return 2
     setup_logging(loaded.settings.log_level, loaded.settings.log_format)
     install_child_watcher()
-    release_large_allocations()
+    tune_malloc()
     try:
         return asyncio.run(agent.run())
     except AgentError as exc:

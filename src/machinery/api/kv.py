@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 
 # NATS' default maximum payload.
 MAX_VALUE_SIZE = 1024 * 1024
+_RELEASE = {"comment": "-"}
 
 Bucket = Annotated[
     str, Path(pattern=BUCKET_PATTERN, max_length=MAX_BUCKET_LENGTH, description="bucket name")
@@ -186,6 +187,7 @@ def router(
         responses={200: {"content": {"text/event-stream": {}}}, **ERRORS},
     )
     async def watch(
+        request: Request,
         bucket: Bucket,
         key: Annotated[
             str,
@@ -231,6 +233,14 @@ def router(
                     finally:
                         in_flight.give(size)
                     del frame
+                    # The response keeps the last thing yielded (and its encoding) until the
+                    # next one: a comment line, which clients ignore, lets the value go now
+                    # rather than after the next value is read.
+                    yield _RELEASE
+                    # Sending to a client that is gone does nothing: stop reading values for it
+                    # (the server dropped it for not reading, or it left).
+                    if await request.is_disconnected():
+                        return
             except KVError as exc:
                 yield {"event": "error", "data": json.dumps({"error": str(exc)})}
             finally:

@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 FD_RESERVE_MIN = 64
 _MIN_CONNECTIONS = 8
 # Bytes of answers buffered for clients that do not read, across all connections.
-OUTPUT_BUDGET = 16 * 1024 * 1024
+OUTPUT_BUDGET = 8 * 1024 * 1024
 # Errors of accept() that mean "out of descriptors or memory": pause, do not spin.
 _EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _ACCEPT_PAUSE = 0.1
@@ -129,7 +129,8 @@ class ConnectionGate:
         self.clock = clock
         self.open: set[_GuardedH11] = set()
         self._idle: dict[_GuardedH11, None] = {}  # insertion order: idle longest first
-        self._stalled: set[_GuardedH11] = set()  # output paused: the client is not reading
+        # Output paused (the client is not reading), in the order it paused.
+        self._stalled: dict[_GuardedH11, None] = {}
         self.evicted = 0
         self.refused = 0
         self.timed_out = 0
@@ -153,17 +154,20 @@ class ConnectionGate:
     def closed(self, connection: _GuardedH11) -> None:
         self.open.discard(connection)
         self._idle.pop(connection, None)
-        self._stalled.discard(connection)
+        self._stalled.pop(connection, None)
 
     def stalled(self, connection: _GuardedH11) -> None:
-        """``connection``'s output is past its high-water mark: drop the clients holding most
-        while all such output is over the budget."""
-        self._stalled.add(connection)
+        """``connection``'s output is past its high-water mark. While all such output is over
+        the budget, drop the clients stalled longest: they are not reading. The one stalling
+        now is spared, so one large answer to a reading client still goes through."""
+        self._stalled.pop(connection, None)
+        self._stalled[connection] = None  # the latest last
         buffered = {c: c.transport.get_write_buffer_size() for c in self._stalled}
         total = sum(buffered.values())
-        while total > self.output_budget and buffered:
-            slowest = max(buffered, key=buffered.__getitem__)
-            total -= buffered.pop(slowest)
+        for slowest in list(self._stalled)[:-1]:
+            if total <= self.output_budget:
+                break
+            total -= buffered[slowest]
             self.closed(slowest)
             slowest.transport.abort()  # close() would keep the unread answer until it is sent
             self.dropped_slow += 1
@@ -174,7 +178,7 @@ class ConnectionGate:
             )
 
     def flowing(self, connection: _GuardedH11) -> None:
-        self._stalled.discard(connection)
+        self._stalled.pop(connection, None)
 
     def close_idlest(self) -> bool:
         """Close the connection idle longest; False if every connection is busy."""

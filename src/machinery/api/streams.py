@@ -13,7 +13,7 @@ from fastapi import HTTPException
 
 __all__ = ["STREAM_BUDGET_BYTES", "ByteBudget", "StreamSlots"]
 
-STREAM_BUDGET_BYTES = 8 * 1024 * 1024
+STREAM_BUDGET_BYTES = 4 * 1024 * 1024
 
 
 class StreamSlots:
