@@ -173,3 +173,13 @@ async def test_kv_watches_count_in_the_stream_limit(agent_factory: Any) -> None:
         # Closed streams give their slots back.
         async with run.http.stream("GET", "/api/v1/kv/b/watch") as again:
             assert again.status_code == 200
+
+
+async def test_allowed_hosts_apply_on_reload(agent_factory: Any) -> None:
+    async with agent_factory() as run:
+        proxied = {"Host": "proxy.example.org"}
+        assert (await run.http.get("/healthz", headers=proxied)).status_code == 421
+        settings = run.agent.settings
+        http = settings.http.model_copy(update={"allowed_hosts": ["proxy.example.org"]})
+        run.agent._apply(settings.model_copy(update={"http": http}))  # what SIGHUP applies
+        assert (await run.http.get("/healthz", headers=proxied)).status_code == 200

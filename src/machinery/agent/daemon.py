@@ -268,8 +268,11 @@ class Agent:
             for name in ("identity", "store", "state_dir")
             if getattr(old, name) != getattr(new, name)
         ]
-        if old.http != new.http and new.http.listen != old.http.listen:
-            restart_needed.append("http.listen")
+        restart_needed += [
+            f"http.{name}"
+            for name in ("listen", "max_connections", "header_timeout", "max_sse_clients")
+            if getattr(old.http, name) != getattr(new.http, name)
+        ]
         if old.nats != new.nats:
             restart_needed.append("nats")
         if restart_needed:

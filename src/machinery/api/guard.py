@@ -171,7 +171,17 @@ class RequestGuard:
         self.app = app
         self.agent = agent
         self.max_body = max_body
-        self.hosts = HostRules.for_agent(agent)
+        self._hosts = HostRules.for_agent(agent)
+        self._hosts_from = agent.settings.http
+
+    @property
+    def hosts(self) -> HostRules:
+        """The Host rules of the agent's current settings (``http.allowed_hosts`` changes on
+        SIGHUP)."""
+        if self.agent.settings.http is not self._hosts_from:
+            self._hosts = HostRules.for_agent(self.agent)
+            self._hosts_from = self.agent.settings.http
+        return self._hosts
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
