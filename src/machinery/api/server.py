@@ -136,7 +136,9 @@ class ConnectionGate:
         self.timed_out = 0
         self.dropped_slow = 0
         self.output_budget = OUTPUT_BUDGET
+        # One report a minute per kind of trouble, not one per connection.
         self.full_log = ThrottledLog(log, clock)
+        self.slow_log = ThrottledLog(log, clock)
         self.exhausted_log = ThrottledLog(log, clock)
 
     def opened(self, connection: _GuardedH11) -> None:
@@ -171,7 +173,7 @@ class ConnectionGate:
             self.closed(slowest)
             slowest.transport.abort()  # close() would keep the unread answer until it is sent
             self.dropped_slow += 1
-            self.full_log.warning(
+            self.slow_log.warning(
                 "HTTP API: dropping clients that do not read their answers (over %d bytes "
                 "buffered for them)",
                 self.output_budget,
