@@ -207,6 +207,7 @@ class FakeAgent:
         }
         self.settings = load_settings(flags=flags, environ={}).settings
         self.token = token
+        self.node = None
         self.store = None
         self.db = None
         self.writer = None

@@ -19,7 +19,12 @@ ROOT = Path(__file__).resolve().parents[2]
 
 class AgentProcess:
     def __init__(
-        self, base: Path, *, env: dict[str, str] | None = None, args: list[str] | None = None
+        self,
+        base: Path,
+        *,
+        env: dict[str, str] | None = None,
+        args: list[str] | None = None,
+        max_descriptors: int | None = None,
     ) -> None:
         self.base = base
         self.store = base / "store"
@@ -29,6 +34,7 @@ class AgentProcess:
         inherited = {k: v for k, v in os.environ.items() if not k.startswith("MACHINERY_")}
         self.env = {**inherited, "MACHINERY_RATE_LIMIT": "false", **(env or {})}
         self.args = args or []
+        self.max_descriptors = max_descriptors  # RLIMIT_NOFILE (soft and hard) of the agent
         self.process: subprocess.Popen[bytes] | None = None
         self.url = ""
 
@@ -46,7 +52,7 @@ class AgentProcess:
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
                 [
-                    sys.executable,
+                    *self._interpreter(),
                     "-m",
                     "machinery",
                     "agent",
@@ -80,6 +86,19 @@ class AgentProcess:
             if time.monotonic() > deadline:
                 raise AssertionError(f"agent did not come up:\n{self.log.read_text()}")
             time.sleep(0.05)
+
+    def _interpreter(self) -> list[str]:
+        """Python, or with ``max_descriptors`` a Python that lowers RLIMIT_NOFILE and then
+        becomes the agent's Python (no preexec_fn: it is unsafe in a threaded test process)."""
+        if self.max_descriptors is None:
+            return [sys.executable]
+        limit = self.max_descriptors
+        trampoline = (
+            "import os, resource, sys; "
+            f"resource.setrlimit(resource.RLIMIT_NOFILE, ({limit}, {limit})); "
+            "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
+        )
+        return [sys.executable, "-c", trampoline]
 
     def get(self, path: str, **kwargs: Any) -> Any:
         return httpx.get(self.url + path, timeout=10, **kwargs).json()

@@ -66,7 +66,40 @@ class HttpSettings(_Section):
     require_token: bool = Field(
         False, description="require the token for state changes even on loopback"
     )
-    max_sse_clients: int = Field(64, ge=1, description="concurrent event-stream clients")
+    max_sse_clients: int = Field(
+        64, ge=1, description="concurrent event streams (/api/v1/events and KV watches)"
+    )
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="names clients may use in the Host header besides the listener's address, "
+        "loopback names, the identity and the host name (comma-separated in the environment)",
+    )
+    max_connections: int = Field(
+        512,
+        ge=1,
+        description="open API connections at most (lowered to leave file descriptors for "
+        "machines under a small RLIMIT_NOFILE)",
+    )
+    header_timeout: Duration = Field(
+        10.0, gt=0, description="a connection must send a whole request head this soon"
+    )
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            if value.strip().startswith("["):
+                return json.loads(value)
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _check_hosts(cls, value: list[str]) -> list[str]:
+        for host in value:
+            if not _valid_host(host.strip("[]")):
+                raise ValueError(f"{host!r} is not an IP address or host name")
+        return [host.strip("[]").lower() for host in value]
 
     @field_validator("listen")
     @classmethod

@@ -276,8 +276,11 @@ class Agent:
             for name in ("identity", "store", "state_dir")
             if getattr(old, name) != getattr(new, name)
         ]
-        if old.http != new.http and new.http.listen != old.http.listen:
-            restart_needed.append("http.listen")
+        restart_needed += [
+            f"http.{name}"
+            for name in ("listen", "max_connections", "header_timeout", "max_sse_clients")
+            if getattr(old.http, name) != getattr(new.http, name)
+        ]
         if old.nats != new.nats:
             restart_needed.append("nats")
         if restart_needed:
@@ -396,16 +399,27 @@ class Agent:
         import uvicorn
 
         from machinery.api.app import create_app
-        from machinery.api.server import QuietServer
+        from machinery.api.server import ConnectionLimits, GuardedServer, connection_cap
 
+        http = self.settings.http
         config = uvicorn.Config(
             create_app(self),
+            http="h11",
             log_level="warning",
             access_log=False,
             lifespan="off",
             timeout_graceful_shutdown=1,
         )
-        server = QuietServer(config)
+        cap = connection_cap(http.max_connections)
+        if cap < http.max_connections:
+            log.info(
+                "HTTP API connections limited to %d (of http.max_connections %d) to keep file "
+                "descriptors for machines under RLIMIT_NOFILE",
+                cap,
+                http.max_connections,
+            )
+        limits = ConnectionLimits(max_connections=cap, header_timeout=http.header_timeout)
+        server = GuardedServer(config, limits, self.node.clock if self.node else None)
         self._http_server = server
         self._write_agent_file()
         log.info("HTTP API listening on %s", self.http_url)
@@ -444,7 +458,7 @@ class Agent:
 def run_agent(config_file: Path | None, flags: dict[str, Any]) -> int:
     """Load settings and run the agent in a fresh event loop; returns the exit code."""
     from machinery.cli.main import setup_logging
-    from machinery.core.loop import install_child_watcher
+    from machinery.core.loop import install_child_watcher, tune_malloc
 
     def load() -> LoadedSettings:
         return load_settings(config_file, flags)
@@ -457,6 +471,7 @@ def run_agent(config_file: Path | None, flags: dict[str, Any]) -> int:
         return 2
     setup_logging(loaded.settings.log_level, loaded.settings.log_format)
     install_child_watcher()
+    tune_malloc()
     try:
         return asyncio.run(agent.run())
     except AgentError as exc:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import re
 import sqlite3
@@ -166,9 +167,16 @@ class LocalKV:
         # in the snapshot or queued (or both, and then skipped by its revision).
         self._subscriptions.add(subscription)
         try:
-            entries, revision = await self._read(lambda db: self._snapshot(db, bucket, key))
-            for entry in entries:
-                yield entry
+            revisions, revision = await self._read(lambda db: self._snapshot(db, bucket, key))
+            # Values are read one at a time as the watcher takes them: a watcher that does not
+            # read holds one value, not the whole bucket.
+            for name, at in revisions:
+                current = await self._read(
+                    functools.partial(self._entry_at, bucket=bucket, key=name, revision=at)
+                )
+                if current is not None:
+                    yield current
+                del current
             while True:
                 if subscription.overflowed:
                     raise KVError(f"watch of {bucket}.{key} fell too far behind")
@@ -245,24 +253,36 @@ class LocalKV:
 
     def _snapshot(
         self, db: sqlite3.Connection, bucket: str, pattern: str
-    ) -> tuple[list[KVEntry], int]:
-        # One read transaction, so the entries and the revision they are at agree.
+    ) -> tuple[list[tuple[str, int]], int]:
+        """The keys matching ``pattern`` with their revisions, and the bucket's revision."""
+        # One read transaction, so the keys and the revision they are at agree.
         db.execute("BEGIN")
         try:
             revision = self._require_bucket(db, bucket)
             rows = db.execute(
-                "SELECT key, value, revision, operation, created, expires FROM kv "
+                "SELECT key, revision, operation, expires FROM kv "
                 "WHERE bucket = ? ORDER BY revision",
                 (bucket,),
             ).fetchall()
         finally:
             db.execute("COMMIT")
-        entries = [
-            _entry(bucket, key, value, rev, op, created)
-            for key, value, rev, op, created, expires in rows
+        revisions = [
+            (key, int(rev))
+            for key, rev, op, expires in rows
             if key_matches(pattern, key) and not (op == KVOperation.PUT and _expired(expires))
         ]
-        return entries, revision
+        return revisions, revision
+
+    @staticmethod
+    def _entry_at(db: sqlite3.Connection, bucket: str, key: str, revision: int) -> KVEntry | None:
+        """The key's entry if it is still at ``revision``: a later change is in the watch's
+        queue, so it is left to that."""
+        row = db.execute(
+            "SELECT value, revision, operation, created FROM kv "
+            "WHERE bucket = ? AND key = ? AND revision = ?",
+            (bucket, key, revision),
+        ).fetchone()
+        return None if row is None else _entry(bucket, key, *row)
 
     # -- writing ----------------------------------------------------------------------------
 

@@ -28,6 +28,8 @@ from machinery.api.dashboard import router as dashboard_router
 from machinery.api.governor import router as governor_router
 from machinery.api.guard import RequestGuard, token_dependency
 from machinery.api.kv import router as kv_router
+from machinery.api.streams import StreamSlots
+from machinery.core.clock import SystemClock
 from machinery.core.machine import Machine
 from machinery.events.bus import SubscriberLimitError, event_query
 from machinery.events.cloudevents import encode_cloudevent
@@ -208,11 +210,13 @@ def create_app(agent: Agent) -> FastAPI:
 
     require_token = token_dependency(agent)
     app.add_middleware(RequestGuard, agent=agent)
+    streams = StreamSlots(agent.settings.http.max_sse_clients)
+    clock = agent.node.clock if agent.node is not None else SystemClock()
 
     app.include_router(choria_router(lambda: agent.node, require_token))
     app.include_router(dashboard_router(mode="agent"))
     app.include_router(governor_router(agent, require_token))
-    app.include_router(kv_router(agent, require_token))
+    app.include_router(kv_router(agent, require_token, streams=streams, clock=clock))
 
     @app.get("/healthz", response_model=Health, tags=["agent"])
     async def get_health() -> Health:
@@ -377,6 +381,7 @@ def create_app(agent: Agent) -> FastAPI:
         """Server-sent events: each ``data`` is one CloudEvent (JSON)."""
 
         accepts = event_query(machine=machine, protocol=type, kind=kind)
+        streams.check()
         try:
             subscription = agent.bus.subscribe(accepts)
             subscriber = await subscription.__aenter__()
@@ -384,6 +389,10 @@ def create_app(agent: Agent) -> FastAPI:
             raise HTTPException(503, str(exc)) from None
 
         async def stream() -> AsyncIterator[dict[str, str]]:
+            if not streams.take():  # KV watches took the last slots meanwhile
+                await subscription.__aexit__(None, None, None)
+                yield {"event": "error", "data": json.dumps({"error": "too many event streams"})}
+                return
             try:
                 while True:
                     sequence, event = await subscriber.get()
@@ -393,6 +402,7 @@ def create_app(agent: Agent) -> FastAPI:
                         "data": encode_cloudevent(event),
                     }
             finally:
+                streams.give()
                 await subscription.__aexit__(None, None, None)
 
         return EventSourceResponse(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -29,15 +30,21 @@ from machinery.agent.localkv import (
     WATCH_PATTERN,
 )
 from machinery.api.guard import token_dependency
+from machinery.api.streams import ByteBudget, StreamSlots
+from machinery.core.clock import Clock, SystemClock
 from machinery.core.kv import BucketNotFound, KVEntry, KVError, KVRevisionMismatch, KVStore
+from machinery.core.logthrottle import ThrottledLog
 
 if TYPE_CHECKING:
     from machinery.agent.daemon import Agent
 
 __all__ = ["MAX_VALUE_SIZE", "entry_json", "router"]
 
+log = logging.getLogger(__name__)
+
 # NATS' default maximum payload.
 MAX_VALUE_SIZE = 1024 * 1024
+_RELEASE = {"comment": "-"}
 
 Bucket = Annotated[
     str, Path(pattern=BUCKET_PATTERN, max_length=MAX_BUCKET_LENGTH, description="bucket name")
@@ -118,11 +125,23 @@ def entry_json(entry: KVEntry) -> dict[str, Any]:
     return body
 
 
-def router(agent: Agent, require_token: Callable[..., Any] | None = None) -> APIRouter:
+def router(
+    agent: Agent,
+    require_token: Callable[..., Any] | None = None,
+    *,
+    streams: StreamSlots | None = None,
+    budget: ByteBudget | None = None,
+    clock: Clock | None = None,
+) -> APIRouter:
     """The ``/api/v1/kv`` routes for ``agent``; ``require_token`` guards the changes (the app's
-    dependency; by default :func:`machinery.api.guard.token_dependency`)."""
+    dependency; by default :func:`machinery.api.guard.token_dependency`). Watches count in
+    ``streams`` (the app's stream limit) and share ``budget`` (see :mod:`machinery.api.streams`).
+    """
     routes = APIRouter(tags=["kv"])
     guard = [Depends(require_token or token_dependency(agent))]
+    slots = streams or StreamSlots(agent.settings.http.max_sse_clients)
+    in_flight = budget or ByteBudget()
+    drops = ThrottledLog(log, clock or SystemClock())
 
     def store() -> KVStore:
         node = agent.node
@@ -168,6 +187,7 @@ def router(agent: Agent, require_token: Callable[..., Any] | None = None) -> API
         responses={200: {"content": {"text/event-stream": {}}}, **ERRORS},
     )
     async def watch(
+        request: Request,
         bucket: Bucket,
         key: Annotated[
             str,
@@ -181,20 +201,50 @@ def router(agent: Agent, require_token: Callable[..., Any] | None = None) -> API
         """Server-sent events: the current values, then every change (``event: kv``, ``data``
         the entry as JSON with its ``operation``: PUT, DEL or PURGE)."""
         kv = store()
+        slots.check()
         # A missing bucket is a 404 before the stream starts, not a broken stream.
         async with _translated():
             await kv.keys(bucket)
         changes = kv.watch(bucket, key)
 
         async def stream() -> AsyncIterator[dict[str, str]]:
+            # The slot is taken here, not in the route: a stream that never starts holds none.
+            if not slots.take():
+                await changes.aclose()  # type: ignore[attr-defined]
+                yield {"event": "error", "data": json.dumps({"error": "too many event streams"})}
+                return
             try:
                 async for entry in changes:
                     body = entry_json(entry)
                     body["operation"] = entry.operation.value
-                    yield {"id": str(entry.revision), "event": "kv", "data": json.dumps(body)}
+                    frame = {"id": str(entry.revision), "event": "kv", "data": json.dumps(body)}
+                    # The value stays alive in the store's watch until the frame is taken.
+                    size = len(frame["data"]) + len(entry.value)
+                    del entry, body
+                    if not in_flight.take(size):
+                        drops.warning(
+                            "KV watch: dropping clients that do not keep up (%d bytes already "
+                            "in flight to watch clients)",
+                            in_flight.used,
+                        )
+                        return
+                    try:
+                        yield frame
+                    finally:
+                        in_flight.give(size)
+                    del frame
+                    # The response keeps the last thing yielded (and its encoding) until the
+                    # next one: a comment line, which clients ignore, lets the value go now
+                    # rather than after the next value is read.
+                    yield _RELEASE
+                    # Sending to a client that is gone does nothing: stop reading values for it
+                    # (the server dropped it for not reading, or it left).
+                    if await request.is_disconnected():
+                        return
             except KVError as exc:
                 yield {"event": "error", "data": json.dumps({"error": str(exc)})}
             finally:
+                slots.give()
                 await changes.aclose()  # type: ignore[attr-defined]
 
         return EventSourceResponse(stream(), ping=15, send_timeout=30)
