@@ -28,20 +28,24 @@ __all__ = ["LocalHttp", "local_app"]
 
 @dataclass(frozen=True)
 class _HttpOnly:
+    identity: str
     http: HttpSettings
 
 
 @dataclass(frozen=True)
 class LocalHttp:
-    """What the request guard reads of an agent (``settings.http`` and ``token``), for a run
-    listening on ``listen``: no token, so changes are allowed on loopback only."""
+    """What the request guard reads of an agent (``settings.identity``, ``settings.http`` and
+    ``token``), for a run of node ``identity`` listening on ``listen``: no token, so changes are
+    allowed on loopback only."""
 
     listen: str
+    identity: str = ""
     settings: _HttpOnly = field(init=False)
     token: str | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "settings", _HttpOnly(HttpSettings(listen=self.listen)))
+        settings = _HttpOnly(self.identity, HttpSettings(listen=self.listen))
+        object.__setattr__(self, "settings", settings)
 
 
 def local_app(node: Node, listen: str) -> FastAPI:
@@ -54,8 +58,8 @@ def local_app(node: Node, listen: str) -> FastAPI:
         redoc_url=None,
     )
     install_error_handlers(app)
-    # The guard and the token dependency only read ``settings.http`` and ``token``.
-    policy = cast("Agent", LocalHttp(listen))
+    # The guard and the token dependency only read ``settings`` (identity, http) and ``token``.
+    policy = cast("Agent", LocalHttp(listen, node.identity))
     app.add_middleware(RequestGuard, agent=policy)
     app.include_router(choria_router(lambda: node, token_dependency(policy)))
     return app
