@@ -190,6 +190,11 @@ class Agent:
                     else None
                 )
                 store_task = tasks.create_task(self.store.run(), name="store")
+                control_task = (
+                    tasks.create_task(self._fleet_control(), name="fleet control")
+                    if self.broker.enabled
+                    else None
+                )
                 freeze_task = (
                     tasks.create_task(self._freeze_when_loaded(), name="heap freeze")
                     if self._freeze_heap
@@ -206,6 +211,8 @@ class Agent:
                     self._stop_http()
                 if freeze_task is not None:
                     freeze_task.cancel()
+                if control_task is not None:
+                    control_task.cancel()
                 store_task.cancel()
                 await asyncio.gather(store_task, return_exceptions=True)
                 if publisher_task is not None:
@@ -241,6 +248,12 @@ class Agent:
             frozen,
             (time.perf_counter() - started) * 1000,
         )
+
+    async def _fleet_control(self) -> None:
+        """Answer fleet requests on NATS (``machinery fleet``, the fleet dashboard)."""
+        from machinery.agent.control import fleet_service
+
+        await fleet_service(self).run()
 
     def stop(self, signum: int | None = None) -> None:
         """Stop the agent (signal handler and tests)."""
