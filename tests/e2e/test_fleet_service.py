@@ -217,3 +217,12 @@ def test_refusals_are_logged_and_counted(fleet: Fleet) -> None:
     metrics = httpx.get(db.url + "/metrics", timeout=10).text
     assert 'machinery_control_refusals_total{reason="not_allowed"}' in metrics
     assert KEY.public_hex not in metrics
+
+
+def test_a_node_that_does_not_answer_is_named_after_the_timeout(fleet: Fleet) -> None:
+    async def work(client: NATS) -> Any:
+        return await gather(client, "machines", {}, {*NODES, "ghost.example.net"}, timeout=1.0)
+
+    result = fleet.ask(work)
+    assert result.missing == ["ghost.example.net"]
+    assert set(result.replies) == set(NODES)

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from machinery import __version__
 from machinery.agent.views import machine_summary, watcher_views
-from machinery.nats.control import ControlError, RequestAuthenticator
-from machinery.nats.service import REFUSALS, FleetService
+from machinery.nats.control import REFUSALS, ControlError, RequestAuthenticator
+from machinery.nats.service import FleetService
 
 if TYPE_CHECKING:
     from machinery.agent.daemon import Agent

@@ -44,6 +44,7 @@ __all__ = [
     "MAX_AGE",
     "MAX_REQUEST_BYTES",
     "PROTOCOL_VERSION",
+    "REFUSALS",
     "SERVICE_NAME",
     "VERBS",
     "ControlError",
@@ -73,6 +74,11 @@ MAX_REQUEST_BYTES = 64 * 1024
 # Signed requests seen in the last MAX_AGE + CLOCK_SKEW seconds; only requests that carry a
 # valid signature by a trusted key are remembered, so strangers cannot fill it.
 MAX_NONCES = 100_000
+
+# Error codes that are refusals of a state change (logged and counted by reason).
+REFUSALS = frozenset(
+    {"not_allowed", "unsigned", "untrusted", "bad_signature", "expired", "replayed", "busy"}
+)
 
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:@-]{0,127}$")
 _NONCE = re.compile(r"^[0-9a-fA-F]{16,64}$")

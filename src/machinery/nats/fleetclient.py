@@ -10,19 +10,34 @@ node answered, or when the timeout passes.
 from __future__ import annotations
 
 import asyncio
+import enum
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from machinery.nats.control import SERVICE_NAME, fleet_subject, node_subject
+from machinery.nats.control import REFUSALS, SERVICE_NAME, Filter, fleet_subject, node_subject
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as NATS
     from nats.aio.msg import Msg
 
-__all__ = ["FleetReplies", "NodeInfo", "discover", "gather", "request_node"]
+    from machinery.core.signing import KeyPair
+
+__all__ = [
+    "FleetReplies",
+    "NodeInfo",
+    "NodeOutcome",
+    "Outcome",
+    "discover",
+    "gather",
+    "glob_literal",
+    "outcome_of",
+    "plan_batches",
+    "request_node",
+    "transition_nodes",
+]
 
 log = logging.getLogger("machinery.fleet")
 
@@ -167,3 +182,133 @@ async def request_node(
 
 def _encode(request: Mapping[str, Any]) -> bytes:
     return json.dumps(request, separators=(",", ":")).encode()
+
+
+# -- acting on many nodes ----------------------------------------------------------------------
+
+
+class Outcome(enum.StrEnum):
+    """What became of a transition on one node."""
+
+    DONE = "done"
+    REFUSED = "refused"  # the node refused the request (signature, key, freshness, replay)
+    INVALID = "invalid"  # not valid in the machine's current state
+    FAILED = "failed"  # any other error (machine not found, bad request, internal)
+    NO_ANSWER = "no_answer"
+    SKIPPED = "skipped"  # never sent: an earlier batch failed
+
+
+@dataclass(frozen=True)
+class NodeOutcome:
+    identity: str
+    outcome: Outcome
+    message: str = ""
+    from_state: str | None = None
+    to_state: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "identity": self.identity,
+            "outcome": self.outcome.value,
+            "message": self.message,
+            "from_state": self.from_state,
+            "to_state": self.to_state,
+        }
+
+
+def glob_literal(text: str) -> str:
+    """A glob that matches exactly ``text`` (fnmatch has no escape character)."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in text)
+
+
+def plan_batches(nodes: list[str], batch: int, canary: int) -> list[list[str]]:
+    """The canary batch (when ``canary`` > 0) then batches of ``batch`` (0: all the rest)."""
+    batches: list[list[str]] = []
+    rest = list(nodes)
+    if canary > 0:
+        batches.append(rest[:canary])
+        rest = rest[canary:]
+    size = batch if batch > 0 else max(len(rest), 1)
+    batches.extend(rest[i : i + size] for i in range(0, len(rest), size))
+    return [b for b in batches if b]
+
+
+def outcome_of(identity: str, body: dict[str, Any] | None) -> NodeOutcome:
+    """How one node's reply to a transition request reads."""
+    if body is None:
+        return NodeOutcome(identity, Outcome.NO_ANSWER, "no answer")
+    error = body.get("error")
+    if isinstance(error, dict):
+        code = str(error.get("code", ""))
+        message = f"{code}: {error.get('message', '')}"
+        if code in REFUSALS:
+            return NodeOutcome(identity, Outcome.REFUSED, message)
+        if code == "invalid":
+            return NodeOutcome(identity, Outcome.INVALID, message)
+        return NodeOutcome(identity, Outcome.FAILED, message)
+    if not body.get("matched", True):
+        return NodeOutcome(identity, Outcome.FAILED, "the node no longer matches the filter")
+    result = body.get("result") or {}
+    return NodeOutcome(
+        identity,
+        Outcome.DONE,
+        "changed" if result.get("changed") else "valid, no change",
+        result.get("from_state"),
+        result.get("to_state"),
+    )
+
+
+async def transition_nodes(
+    client: NATS,
+    nodes: list[str],
+    machine: str,
+    event: str,
+    key: KeyPair,
+    selected: Filter,
+    *,
+    batch: int = 0,
+    canary: int = 0,
+    pause: float = 0.0,
+    stop_on_error: bool = False,
+    timeout: float = REQUEST_TIMEOUT,
+    on_outcome: Callable[[NodeOutcome], None] | None = None,
+) -> list[NodeOutcome]:
+    """Fire ``event`` on ``machine`` of each node, in batches (the canary batch first).
+
+    Each node gets its own signed request, pinned to it by an exact identity filter on top of
+    ``selected``. A failure in the canary batch always stops the rollout; with
+    ``stop_on_error`` a failure in any batch does. Nodes never asked are ``skipped``.
+    """
+    from machinery.nats.control import sign_request, transition_request
+
+    outcomes: list[NodeOutcome] = []
+
+    async def one(identity: str) -> NodeOutcome:
+        request = sign_request(
+            transition_request(machine, event, selected.narrowed(identity=glob_literal(identity))),
+            key,
+        )
+        outcome = outcome_of(
+            identity, await request_node(client, identity, "transition", request, timeout=timeout)
+        )
+        if on_outcome is not None:
+            on_outcome(outcome)
+        return outcome
+
+    batches = plan_batches(nodes, batch, canary)
+    for number, members in enumerate(batches):
+        results = await asyncio.gather(*(one(identity) for identity in members))
+        outcomes.extend(results)
+        failed = any(result.outcome is not Outcome.DONE for result in results)
+        is_canary = canary > 0 and number == 0
+        if failed and (stop_on_error or is_canary):
+            for later in batches[number + 1 :]:
+                for identity in later:
+                    skipped = NodeOutcome(identity, Outcome.SKIPPED, "not attempted")
+                    outcomes.append(skipped)
+                    if on_outcome is not None:
+                        on_outcome(skipped)
+            break
+        if pause > 0 and number + 1 < len(batches):
+            await asyncio.sleep(pause)
+    return outcomes

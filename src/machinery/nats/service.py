@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from machinery import __version__
 from machinery.nats.control import (
+    REFUSALS,
     SERVICE_NAME,
     VERBS,
     ControlError,
@@ -44,10 +45,6 @@ __all__ = ["REFUSALS", "ControlTarget", "FleetService"]
 
 log = logging.getLogger("machinery.control")
 
-# Error codes that are refusals of a state change (logged and counted by reason).
-REFUSALS = frozenset(
-    {"not_allowed", "unsigned", "untrusted", "bad_signature", "expired", "replayed", "busy"}
-)
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:@-]{0,127}$")
 _SEMVER = re.compile(r"^\d+\.\d+\.\d+(?:[-+][0-9A-Za-z.+-]*)?$")
 MAX_HISTORY = 100
