@@ -327,11 +327,9 @@ def transition(
     async def work(client: NATS) -> tuple[FleetReplies, list[NodeOutcome]]:
         from rich.progress import Progress
 
-        request = {"version": 1, "filter": selected.to_dict()}
-        found = await _ask(client, "machines", request, wait, limit)
-        targets = sorted(
-            identity for identity, body in found.matched.items() if "error" not in body
-        )
+        from machinery.nats.fleetclient import select_nodes
+
+        targets, found = await select_nodes(client, selected, discover_wait=wait, timeout=limit)
         if not targets:
             return found, []
         with Progress(console=_console(stderr=True), transient=True) as progress:

@@ -36,6 +36,7 @@ __all__ = [
     "outcome_of",
     "plan_batches",
     "request_node",
+    "select_nodes",
     "transition_nodes",
 ]
 
@@ -156,6 +157,22 @@ async def gather(
         await subscription.unsubscribe()
     result.missing = sorted(waiting)
     return result
+
+
+async def select_nodes(
+    client: NATS,
+    selected: Filter,
+    *,
+    discover_wait: float = DISCOVERY_WAIT,
+    timeout: float = REQUEST_TIMEOUT,
+) -> tuple[list[str], FleetReplies]:
+    """The identities (sorted) of the answering nodes ``selected`` matches, and the replies of
+    the ``machines`` question that found them (for the nodes that did not answer)."""
+    nodes = await discover(client, wait=discover_wait)
+    request = {"version": 1, "filter": selected.to_dict()}
+    replies = await gather(client, "machines", request, set(nodes), timeout=timeout)
+    targets = sorted(identity for identity, body in replies.matched.items() if "error" not in body)
+    return targets, replies
 
 
 async def request_node(
