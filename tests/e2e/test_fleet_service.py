@@ -117,6 +117,8 @@ def test_bad_requests_get_clear_errors(fleet: Fleet) -> None:
         answers = []
         for data in (b"not json", b"[]", b'{"version": 9}', b'{"filter": {"bogus": 1}}'):
             msg = await client.request("machinery.node.web1.example.net.machines", data, 5)
+            # The services protocol's error headers, for standard tools.
+            assert (msg.headers or {}).get("Nats-Service-Error-Code") == "bad_request"
             answers.append(json.loads(msg.data))
         return answers
 

@@ -96,6 +96,22 @@ def _duration(value: str, option: str) -> float:
         raise typer.BadParameter(str(exc), param_hint=option) from None
 
 
+def _warn_if_shared(path: Path) -> None:
+    """Whoever can read the seed can change every machine of every node that trusts it."""
+    import stat
+
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        typer.echo(
+            f"machinery: warning: {path} is accessible to group/others "
+            f"(mode {stat.S_IMODE(mode):04o}); chmod 600 it",
+            err=True,
+        )
+
+
 def _filter(where: list[str] | None) -> Filter:
     from machinery.nats.control import ControlError, parse_where
 
@@ -323,6 +339,7 @@ def transition(
         key = load_signing_key(str(seed_file))
     except SigningError as exc:
         raise typer.BadParameter(str(exc), param_hint="--seed-file") from None
+    _warn_if_shared(seed_file)
 
     async def work(client: NATS) -> tuple[FleetReplies, list[NodeOutcome]]:
         from rich.progress import Progress

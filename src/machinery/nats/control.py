@@ -169,7 +169,7 @@ class Filter:
         unknown = set(data) - {"identity", "machine", "state", "facts"}
         if unknown:
             raise ControlError("bad_request", f"unknown filter field {sorted(unknown)[0]!r}")
-        identity = _optional_text(data, "identity", _MAX_FILTER_VALUE)
+        identity = _optional_text(data, "identity", 255)
         machine = _optional_text(data, "machine", 128)
         if machine is not None and not _NAME.match(machine):
             raise ControlError("bad_request", f"invalid machine name {machine!r}")
@@ -187,7 +187,7 @@ class Filter:
 
     def matches_node(self, identity: str, facts: Mapping[str, Any]) -> bool:
         """Whether a node is selected by identity and facts (machines aside)."""
-        if self.identity is not None and not fnmatch.fnmatchcase(identity, self.identity):
+        if self.identity is not None and not _glob(self.identity).match(identity):
             return False
         return all(_fact_text(facts, path) == value for path, value in self.facts.items())
 
@@ -199,6 +199,12 @@ class Filter:
     def narrowed(self, **changes: Any) -> Filter:
         """This filter with some fields replaced (the CLI pins ``identity`` and ``machine``)."""
         return dataclasses.replace(self, **changes)
+
+
+def _glob(pattern: str) -> re.Pattern[str]:
+    # Not fnmatch.fnmatchcase: it keeps every pattern it ever saw (32,768 of them), and patterns
+    # come from whoever may ask; re's own cache is small and bounded.
+    return re.compile(fnmatch.translate(pattern))
 
 
 def _optional_text(data: Mapping[str, Any], key: str, limit: int) -> str | None:

@@ -148,12 +148,25 @@ class FleetService:
 
     def _handler(self, verb: str) -> Any:
         async def handle(request: Request) -> None:
-            await request.respond(await self.answer(verb, request.data))
+            from nats.micro.request import ERROR_CODE_HEADER, ERROR_HEADER
+
+            body, error = await self.answer_or_error(verb, request.data)
+            # The services protocol's error headers too, for `nats req` and other tools.
+            headers = (
+                {ERROR_HEADER: error.message[:200], ERROR_CODE_HEADER: error.code}
+                if error is not None
+                else None
+            )
+            await request.respond(body, headers=headers)
 
         return handle
 
     async def answer(self, verb: str, data: bytes) -> bytes:
         """The reply to a request; never raises (every failure is an error reply)."""
+        return (await self.answer_or_error(verb, data))[0]
+
+    async def answer_or_error(self, verb: str, data: bytes) -> tuple[bytes, ControlError | None]:
+        """The reply to a request, and the error it reports, if any."""
         identity = self.target.identity
         try:
             request = parse_request(data)
@@ -163,13 +176,14 @@ class FleetService:
             self.target.count(verb, error.code)
             if error.code in REFUSALS:
                 log.warning("refused a %s request over NATS (%s): %s", verb, error.code, error)
-            return error_reply(identity, error)
+            return error_reply(identity, error), error
         except Exception:
             log.exception("failed to answer a %s request", verb)
             self.target.count(verb, "internal")
-            return error_reply(identity, ControlError("internal", "the node failed to answer"))
+            failure = ControlError("internal", "the node failed to answer")
+            return error_reply(identity, failure), failure
         self.target.count(verb, "ok" if body is not None else "not_matched")
-        return body if body is not None else reply(identity, matched=False)
+        return (body if body is not None else reply(identity, matched=False)), None
 
     async def _answer(self, verb: str, request: dict[str, Any], selected: Filter) -> bytes | None:
         """The reply body, or None when the filter does not select this node."""
