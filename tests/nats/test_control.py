@@ -235,3 +235,13 @@ def test_replay_cache_survives_until_the_request_is_stale() -> None:
     assert refusal(signed.auth, request) == "replayed"
     signed.clock.set_wall(signed.clock.now() + 2)
     assert refusal(signed.auth, request) == "expired"
+
+
+def test_identity_globs_from_requests_do_not_accumulate_in_a_cache() -> None:
+    # fnmatch keeps up to 32,768 compiled patterns; whoever may ask chooses the patterns.
+    import fnmatch
+
+    before = fnmatch._compile_pattern.cache_info().currsize  # type: ignore[attr-defined]
+    for i in range(2_000):
+        Filter(identity=f"web{i}-*" + "x" * 200).matches_node("web1", {})
+    assert fnmatch._compile_pattern.cache_info().currsize - before < 10  # type: ignore[attr-defined]
