@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import signal
 import time
+from pathlib import Path
 from typing import Any
 
 from nats.aio.client import Client as NATS
@@ -11,7 +13,9 @@ from nats.aio.client import Client as NATS
 from machinery.core.signing import generate_keypair
 from machinery.nats.control import sign_request
 from machinery.nats.fleetclient import discover, gather, request_node
-from tests.e2e.fleet_nodes import KEY, NODES, Fleet, fleet, signed
+from tests.e2e.agent_process import AgentProcess
+from tests.e2e.fleet_nodes import KEY, NODES, SVC, Fleet, fleet, signed
+from tests.natsserver import NatsServer
 
 __all__ = ["fleet"]  # the module-scoped fixture
 
@@ -228,3 +232,43 @@ def test_a_node_that_does_not_answer_is_named_after_the_timeout(fleet: Fleet) ->
     result = fleet.ask(work)
     assert result.missing == ["ghost.example.net"]
     assert set(result.replies) == set(NODES)
+
+
+def test_sighup_reloads_the_trusted_keys(tmp_path: Path, nats_server: NatsServer) -> None:
+    config = tmp_path / "machinery.toml"
+    config.write_text("[control]\npublic_keys = []\n")
+    agent = AgentProcess(
+        tmp_path / "agent",
+        env={"MACHINERY_CONFIG": str(config), "MACHINERY_NATS__SERVERS": nats_server.url},
+        args=["--identity", "reload.example.net"],
+    )
+    (agent.store / "svc").mkdir()
+    (agent.store / "svc" / "machine.yaml").write_text(SVC)
+    here = Fleet(nats_server, {"reload.example.net": agent})
+
+    def fire() -> dict[str, Any]:
+        async def work(client: NATS) -> Any:
+            for _ in range(100):  # the service registers once connected: retry a moment
+                body = await request_node(
+                    client,
+                    "reload.example.net",
+                    "transition",
+                    signed("svc", "maintenance", []),
+                    timeout=1,
+                )
+                if body is not None:
+                    return body
+            raise AssertionError("the agent never answered")
+
+        return dict(here.ask(work))
+
+    try:
+        agent.start()
+        assert fire()["error"]["code"] == "not_allowed"
+        config.write_text(f'[control]\npublic_keys = ["{KEY.public_hex}"]\n')
+        agent.signal(signal.SIGHUP)
+        agent.wait(lambda: "1 trusted public key(s) now" in agent.log.read_text(), what="reload")
+        assert fire()["result"]["to_state"] == "maintenance"
+        assert here.state("reload.example.net") == "maintenance"
+    finally:
+        agent.kill()

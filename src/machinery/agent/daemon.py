@@ -22,7 +22,7 @@ import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -46,6 +46,9 @@ from machinery.nats.connection import BrokerConnection
 from machinery.nats.publisher import EventPublisher
 from machinery.spec.validate import Manifest
 from machinery.watchers.registry import WatcherRegistry, default_registry
+
+if TYPE_CHECKING:  # started only when NATS is configured
+    from machinery.nats.service import FleetService
 
 __all__ = ["AGENT_FILE", "Agent", "AgentError"]
 
@@ -97,6 +100,7 @@ class Agent:
         self.metrics: AgentMetrics | None = None
         self.sse_shutdown: anyio.Event | None = None
         self.publisher: EventPublisher | None = None
+        self.fleet_control: FleetService | None = None
 
     # -- the run ------------------------------------------------------------------------------
 
@@ -253,7 +257,8 @@ class Agent:
         """Answer fleet requests on NATS (``machinery fleet``, the fleet dashboard)."""
         from machinery.agent.control import fleet_service
 
-        await fleet_service(self).run()
+        self.fleet_control = fleet_service(self)
+        await self.fleet_control.run()
 
     def stop(self, signum: int | None = None) -> None:
         """Stop the agent (signal handler and tests)."""
@@ -302,6 +307,10 @@ class Agent:
             self.store.check_permissions = new.check_permissions
         if self.node is not None and isinstance(self.node.runner, ProcessRunner):
             self.node.runner.check_programs = new.check_permissions
+        if new.control != old.control and self.fleet_control is not None:
+            keys = new.control.public_keys
+            self.fleet_control.authenticator.set_keys([bytes.fromhex(key) for key in keys])
+            log.info("fleet control: %d trusted public key(s) now", len(keys))
         self.settings = new
         try:
             self.token = self._read_token()

@@ -379,11 +379,16 @@ class RequestAuthenticator:
         skew: float = CLOCK_SKEW,
         nonces: NonceCache | None = None,
     ) -> None:
-        self.public_keys = {key.hex(): key for key in public_keys}
+        self.public_keys: dict[str, bytes] = {}
+        self.set_keys(public_keys)
         self.now = now
         self.max_age = max_age
         self.skew = skew
         self.nonces = nonces or NonceCache()
+
+    def set_keys(self, public_keys: Sequence[bytes]) -> None:
+        """Trust exactly these keys from now on (a reloaded configuration)."""
+        self.public_keys = {key.hex(): key for key in public_keys}
 
     def check(self, request: Mapping[str, Any]) -> str:
         """The hex key that signed ``request``; raises :class:`ControlError` when refused."""
