@@ -93,3 +93,18 @@ def test_print_config_with_a_bad_setting_exits_2(tmp_path: Path) -> None:
     )
     assert result.exit_code == 2
     assert "invalid setting http.listen" in result.output
+
+
+def test_control_public_keys_from_environment_and_file(tmp_path: Path) -> None:
+    a, b = "ab" * 32, "CD" * 32
+    loaded = load_settings(environ={"MACHINERY_CONTROL__PUBLIC_KEYS": f"{a}, {b}"})
+    assert loaded.settings.control.public_keys == [a, b.lower()]
+    config = tmp_path / "machinery.toml"
+    config.write_text(f'[control]\npublic_keys = ["{a}"]\n')
+    assert load_settings(config, environ={}).settings.control.public_keys == [a]
+    assert load_settings(environ={}).settings.control.public_keys == []
+
+
+def test_control_public_keys_must_be_hex_keys() -> None:
+    with pytest.raises(ConfigError, match="not an ed25519 public key"):
+        load_settings(environ={"MACHINERY_CONTROL__PUBLIC_KEYS": "/etc/key.pub"})

@@ -93,6 +93,7 @@ def test_model_builds_nodes_machines_graph_history_and_watchers() -> None:
         "name": "app",
         "identity": "web1",
         "status": "observed",
+        "available_transitions": None,
         "version": "1.0.0",
         "id": "id-1",
         "state": "broken",
@@ -297,7 +298,8 @@ async def test_fleet_view_shows_five_agents_and_a_live_transition(
                         '(a) => document.querySelector(`tr.machine-row[data-node="${a[0]}"][data-machine="HVAC"] .state-pill`)?.textContent === a[1]',
                         [identity, model_state],
                     )
-                    assert await row.locator(".badge").inner_text() == "observed"
+                    # The node answered the dashboard's question: its own status, not "observed".
+                    assert await row.locator(".badge").inner_text() == "running"
                 chips = await page.locator(".nodes a.node-chip").all_inner_texts()
                 assert len(chips) == 6 and chips[0].startswith("All nodes")
                 # Fleet mode: nothing that needs a node's own API.

@@ -26,6 +26,7 @@ from machinery.spec.types import Duration
 __all__ = [
     "DEFAULT_CONFIG_FILE",
     "ConfigError",
+    "ControlSettings",
     "HttpSettings",
     "LoadedSettings",
     "NatsSettings",
@@ -148,6 +149,36 @@ class NatsSettings(_Section):
         return value
 
 
+class ControlSettings(_Section):
+    """Fleet control over NATS (``machinery fleet``): who may change state."""
+
+    public_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="ed25519 public keys (hex, as `machinery plugins keys` prints them) whose "
+        "signed transition requests this node accepts; none: no state change over NATS",
+    )
+
+    @field_validator("public_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            if value.strip().startswith("["):
+                return json.loads(value)
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("public_keys")
+    @classmethod
+    def _check_keys(cls, value: list[str]) -> list[str]:
+        for key in value:
+            if len(key) != 64 or any(c not in "0123456789abcdefABCDEF" for c in key):
+                raise ValueError(
+                    f"{key[:70]!r} is not an ed25519 public key (64 hex digits, as "
+                    f"`machinery plugins keys` prints it)"
+                )
+        return [key.lower() for key in value]
+
+
 class HistorySettings(_Section):
     """How much transition history the agent keeps."""
 
@@ -200,6 +231,7 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     http: HttpSettings = Field(default_factory=HttpSettings)
     nats: NatsSettings = Field(default_factory=NatsSettings)
+    control: ControlSettings = Field(default_factory=ControlSettings)
     history: HistorySettings = Field(default_factory=HistorySettings)
     spool: SpoolSettings = Field(default_factory=SpoolSettings)
 

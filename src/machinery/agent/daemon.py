@@ -22,7 +22,7 @@ import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -46,6 +46,9 @@ from machinery.nats.connection import BrokerConnection
 from machinery.nats.publisher import EventPublisher
 from machinery.spec.validate import Manifest
 from machinery.watchers.registry import WatcherRegistry, default_registry
+
+if TYPE_CHECKING:  # started only when NATS is configured
+    from machinery.nats.service import FleetService
 
 __all__ = ["AGENT_FILE", "Agent", "AgentError"]
 
@@ -97,6 +100,7 @@ class Agent:
         self.metrics: AgentMetrics | None = None
         self.sse_shutdown: anyio.Event | None = None
         self.publisher: EventPublisher | None = None
+        self.fleet_control: FleetService | None = None
 
     # -- the run ------------------------------------------------------------------------------
 
@@ -197,6 +201,11 @@ class Agent:
                 file_task = tasks.create_task(
                     self.writer.guard_file(self.node.clock), name="state file"
                 )
+                control_task = (
+                    tasks.create_task(self._fleet_control(), name="fleet control")
+                    if self.broker.enabled
+                    else None
+                )
                 freeze_task = (
                     tasks.create_task(self._freeze_when_loaded(), name="heap freeze")
                     if self._freeze_heap
@@ -214,6 +223,8 @@ class Agent:
                 if freeze_task is not None:
                     freeze_task.cancel()
                 file_task.cancel()
+                if control_task is not None:
+                    control_task.cancel()
                 store_task.cancel()
                 await asyncio.gather(store_task, return_exceptions=True)
                 if publisher_task is not None:
@@ -249,6 +260,13 @@ class Agent:
             frozen,
             (time.perf_counter() - started) * 1000,
         )
+
+    async def _fleet_control(self) -> None:
+        """Answer fleet requests on NATS (``machinery fleet``, the fleet dashboard)."""
+        from machinery.agent.control import fleet_service
+
+        self.fleet_control = fleet_service(self)
+        await self.fleet_control.run()
 
     def stop(self, signum: int | None = None) -> None:
         """Stop the agent (signal handler and tests)."""
@@ -300,6 +318,10 @@ class Agent:
             self.store.check_permissions = new.check_permissions
         if self.node is not None and isinstance(self.node.runner, ProcessRunner):
             self.node.runner.check_programs = new.check_permissions
+        if new.control != old.control and self.fleet_control is not None:
+            keys = new.control.public_keys
+            self.fleet_control.authenticator.set_keys([bytes.fromhex(key) for key in keys])
+            log.info("fleet control: %d trusted public key(s) now", len(keys))
         self.settings = new
         try:
             self.token = self._read_token()

@@ -66,6 +66,20 @@ class AgentMetrics:
             ["type"],
             registry=self.registry,
         )
+        self.control_requests = Counter(
+            "machinery_control_requests",
+            "Fleet control requests over NATS answered by this node, by verb and outcome "
+            "(ok, not_matched, or the error code).",
+            ["verb", "outcome"],
+            registry=self.registry,
+        )
+        self.control_refusals = Counter(
+            "machinery_control_refusals",
+            "State changes over NATS refused, by reason (not_allowed, unsigned, untrusted, "
+            "bad_signature, expired, replayed, busy).",
+            ["reason"],
+            registry=self.registry,
+        )
         self.registry.register(_Current(agent))
         # The agent's own memory, CPU and file descriptors (process_*), for leak alerts.
         ProcessCollector(registry=self.registry)

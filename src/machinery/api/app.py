@@ -23,6 +23,7 @@ from sse_starlette.sse import EventSourceResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from machinery import __version__
+from machinery.agent.views import machine_summary, watcher_views
 from machinery.api.choria import choria_router
 from machinery.api.dashboard import router as dashboard_router
 from machinery.api.governor import router as governor_router
@@ -78,10 +79,7 @@ class MachineStatus(BaseModel):
 
 def _machine_status(entry: MachineEntry) -> MachineStatus:
     """The entry as the API shows it, with when its machine entered its current state."""
-    status = MachineStatus(**entry.to_dict())
-    if entry.machine is not None:
-        status.state_entered = round(entry.machine.state_entered, 3)
-    return status
+    return MachineStatus(**machine_summary(entry))
 
 
 class MachineList(BaseModel):
@@ -306,32 +304,7 @@ def create_app(agent: Agent) -> FastAPI:
     )
     async def get_watchers(name: MachineName) -> WatcherList:
         target = machine_or_404(name)
-        items = []
-        for watcher in target.watchers:
-            status = watcher.status
-            next_run = None
-            if status.next_run is not None:
-                next_run = target.clock.now() + (status.next_run - target.clock.monotonic())
-            items.append(
-                WatcherInfo(
-                    name=watcher.name,
-                    type=watcher.type_name,
-                    state_match=list(watcher.spec.state_match),
-                    active=target.should_watch(watcher.spec),
-                    interval=watcher.spec.interval,
-                    status={
-                        "outcome": status.outcome,
-                        "last_run": status.last_run,
-                        "last_duration": status.last_duration,
-                        "next_run": next_run,
-                        "runs": status.runs,
-                        "outcomes": status.outcomes,
-                        "last_error": status.last_error,
-                        "durations": status.recent_durations(),
-                    },
-                    state=watcher.current_state().payload,
-                )
-            )
+        items = [WatcherInfo(**view) for view in watcher_views(target)]
         return WatcherList(machine=target.name, watchers=items)
 
     @app.get(

@@ -81,21 +81,24 @@ def load_assets() -> dict[str, StaticAsset]:
     return assets
 
 
-def _render_page(assets: dict[str, StaticAsset], mode: Mode) -> bytes:
+def _render_page(assets: dict[str, StaticAsset], mode: Mode, control: bool = False) -> bytes:
     page = assets["index.html"].body.decode()
     for name, asset in assets.items():
         page = page.replace(f"/static/{name}?v=", f"/static/{name}?v={asset.digest}")
-    page = page.replace('data-mode="agent"', f'data-mode="{mode}"')
+    page = page.replace(
+        'data-mode="agent"', f'data-mode="{mode}"' + (' data-control="on"' if control else "")
+    )
     page = page.replace("{{VERSION}}", __version__)
     if mode == "fleet":
         page = page.replace("<title>machinery</title>", "<title>machinery fleet</title>")
     return page.encode()
 
 
-def router(*, mode: Mode = "agent") -> APIRouter:
-    """Routes for the dashboard page and its assets (kept out of the OpenAPI document)."""
+def router(*, mode: Mode = "agent", control: bool = False) -> APIRouter:
+    """Routes for the dashboard page and its assets (kept out of the OpenAPI document);
+    ``control``: a fleet dashboard that may fire transitions (shows the token field)."""
     assets = load_assets()
-    page = _render_page(assets, mode)
+    page = _render_page(assets, mode, control)
     page_etag = '"' + hashlib.sha256(page).hexdigest()[:16] + '"'
     routes = APIRouter(include_in_schema=False)
 

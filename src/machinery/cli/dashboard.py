@@ -10,9 +10,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from machinery.fleet.server import FleetControl
 
 __all__ = ["app", "dashboard"]
 
@@ -67,6 +70,25 @@ def dashboard(
     forget_after: Annotated[
         str, typer.Option(help="Drop nodes silent for this long (0: never).")
     ] = "24h",
+    seed_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--seed-file",
+            help="Offer transitions, signed with this ed25519 seed (see docs/fleet.md); "
+            "without it the dashboard is read-only.",
+        ),
+    ] = None,
+    token_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--token-file",
+            help="With --seed-file: the bearer token the browser must give (mode 0600); "
+            "default: a new random token, printed at start.",
+        ),
+    ] = None,
+    refresh: Annotated[
+        str, typer.Option(help="How often to look for nodes that appeared or went silent.")
+    ] = "15s",
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Serve the fleet dashboard: every node's machines, live from their events on NATS."""
@@ -84,6 +106,10 @@ def dashboard(
     host = host or "127.0.0.1"
     replay_seconds = _duration(replay, "--replay")
     forget = _duration(forget_after, "--forget-after")
+    refresh_seconds = _duration(refresh, "--refresh")
+    if refresh_seconds < 1:
+        raise typer.BadParameter("at least 1s", param_hint="--refresh")
+    control = _control(seed_file, token_file)
     try:
         settings = NatsSettings(
             servers=nats,  # the validator splits the comma-separated text
@@ -105,6 +131,8 @@ def dashboard(
         stream=stream or None,
         replay=replay_seconds,
         model=FleetModel(forget_after=forget or None),
+        control=control,
+        refresh=refresh_seconds,
     )
     try:
         sock = server.bind()
@@ -118,9 +146,47 @@ def dashboard(
             listen,
         )
     typer.echo(f"machinery fleet dashboard on {server.url} (NATS {', '.join(settings.servers)})")
+    if control is not None and token_file is None:
+        typer.echo(f"transitions enabled; the browser's token: {control.token}")
 
     async def main() -> None:
         with handle_signals(lambda _signum: server.stop()):
             await server.run(sock)
 
     asyncio.run(main())
+
+
+def _control(seed_file: Path | None, token_file: Path | None) -> FleetControl | None:
+    """The dashboard's FleetControl, or None (read-only)."""
+    import secrets
+    import stat
+
+    from machinery.core.signing import SigningError, load_signing_key
+    from machinery.fleet.server import FleetControl
+
+    if seed_file is None:
+        if token_file is not None:
+            raise typer.BadParameter("only with --seed-file", param_hint="--token-file")
+        return None
+    try:
+        key = load_signing_key(str(seed_file))
+    except SigningError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--seed-file") from None
+    if token_file is None:
+        return FleetControl(key, secrets.token_urlsafe(24))
+    try:
+        mode = token_file.stat().st_mode
+        token = token_file.read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise typer.BadParameter(
+            f"cannot read {token_file}: {exc}", param_hint="--token-file"
+        ) from None
+    if len(token) < 16:
+        raise typer.BadParameter(
+            "the token is too short (16 characters at least)", param_hint="--token-file"
+        )
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise typer.BadParameter(
+            f"{token_file} is accessible to group/others: chmod 600 it", param_hint="--token-file"
+        )
+    return FleetControl(key, token)

@@ -460,6 +460,7 @@ def watch(
 
 def _register_commands() -> None:
     from machinery.cli.dashboard import dashboard as dashboard_command
+    from machinery.cli.fleet import app as fleet_app
     from machinery.cli.governor import app as governor_app
     from machinery.cli.kv import app as kv_app
     from machinery.cli.plugins import app as plugins_app
@@ -473,6 +474,7 @@ def _register_commands() -> None:
     )
     app.add_typer(governor_app, name="governor", help="Inspect and manage governors.")
     app.add_typer(kv_app, name="kv", help="Read and write the key-value store.")
+    app.add_typer(fleet_app, name="fleet", help="Ask and act across every agent on NATS.")
 
 
 _register_commands()

@@ -14,6 +14,11 @@ fixed number of transitions and duration samples per machine and watcher. Nodes 
 Times are the events' own (their ``timestamp``), so a replay from a JetStream stream rebuilds
 the same picture as watching live; an event older than the machine's current state does not
 move the machine back (it still joins the history and the graph).
+
+Agents that answer fleet control requests also give a **snapshot** of their machines
+(:meth:`FleetModel.apply_snapshot`): every machine's current state, status and available
+transitions, at once, without waiting for a transition. A node that answered once and then stops
+answering discovery is marked ``answering: false`` until it answers again.
 """
 
 from __future__ import annotations
@@ -87,6 +92,9 @@ class MachineView:
     states: list[str] = field(default_factory=list)
     edges: dict[tuple[str, str, str], int] = field(default_factory=dict)
     watchers: dict[str, WatcherView] = field(default_factory=dict)
+    # From the node's own answer (a snapshot), when it gave one.
+    status: str | None = None
+    available: list[str] | None = None
 
     def summary(self) -> dict[str, Any]:
         """The machine as the list shows it (field names as in the agent API)."""
@@ -94,7 +102,8 @@ class MachineView:
         return {
             "name": self.name,
             "identity": self.identity,
-            "status": "observed",
+            "status": self.status or "observed",
+            "available_transitions": self.available,
             "version": self.version,
             "id": self.id,
             "state": self.state,
@@ -127,6 +136,9 @@ class NodeView:
     first_seen: float
     last_seen: float
     machines: dict[str, MachineView] = field(default_factory=dict)
+    # None: never asked (a node known from its events only); else whether it answers now.
+    answering: bool | None = None
+    last_answer: float | None = None
 
 
 class FleetModel:
@@ -173,35 +185,96 @@ class FleetModel:
             self._watcher(machine, event, when)
         return machine
 
-    def _machine(self, event: MachineEvent, when: float) -> MachineView | None:
-        node = self.nodes.get(event.identity)
+    def apply_snapshot(self, identity: str, machines: Any, when: float) -> int:
+        """Take a node's own list of its machines (the ``machines`` fleet reply) as the truth
+        at ``when``; returns how many machines were taken. A transition event newer than the
+        snapshot still wins (events carry whole seconds, so a state entered in the same second
+        as an event counts as older than it)."""
+        node = self._node(identity, when)
+        node.answering = True
+        node.last_answer = when
+        taken = 0
+        if not isinstance(machines, list):
+            return 0
+        for item in machines:
+            if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+                continue
+            name = item["name"]
+            if not name:
+                continue
+            machine = self._machine_of(node, name, item, when)
+            if machine is None:
+                continue
+            taken += 1
+            status, state = item.get("status"), item.get("state")
+            machine.status = status if isinstance(status, str) else None
+            available = item.get("available_transitions")
+            machine.available = (
+                [t for t in available if isinstance(t, str)]
+                if isinstance(available, list)
+                else None
+            )
+            if not isinstance(state, str) or not state:
+                continue
+            entered = item.get("state_entered")
+            entered = float(int(entered)) if isinstance(entered, (int, float)) else float(int(when))
+            if machine.state_entered is None or entered >= machine.state_entered:
+                machine.state = state
+                machine.state_entered = entered
+                if machine.initial is None:
+                    machine.initial = state
+            if state not in machine.states:
+                machine.states.append(state)
+        return taken
+
+    def mark_answering(self, answering: set[str], when: float) -> None:
+        """After discovery: nodes that answered before and are not in ``answering`` are marked
+        as not answering; the others as answering."""
+        for identity, node in self.nodes.items():
+            if identity in answering:
+                if node.answering is False:
+                    node.answering = True
+                node.last_answer = when if node.answering else node.last_answer
+            elif node.answering:
+                node.answering = False
+
+    def _node(self, identity: str, when: float) -> NodeView:
+        node = self.nodes.get(identity)
         if node is None:
             if len(self.nodes) >= self.max_nodes:
                 oldest = min(self.nodes.values(), key=lambda n: n.last_seen)
                 del self.nodes[oldest.identity]
-            node = NodeView(event.identity, when, when)
-            self.nodes[event.identity] = node
+            node = NodeView(identity, when, when)
+            self.nodes[identity] = node
         node.last_seen = max(node.last_seen, when)
-        data = event.data()
-        machine = node.machines.get(event.machine)
+        return node
+
+    def _machine_of(
+        self, node: NodeView, name: str, data: dict[str, Any], when: float
+    ) -> MachineView | None:
+        machine = node.machines.get(name)
         if machine is None:
             if len(node.machines) >= self.max_machines:
                 return None
             machine = MachineView(
-                identity=event.identity,
-                name=event.machine,
+                identity=node.identity,
+                name=name,
                 version=str(data.get("version", "")),
                 id=str(data.get("id", "")),
                 first_seen=when,
                 last_seen=when,
             )
-            node.machines[event.machine] = machine
+            node.machines[name] = machine
         if when >= machine.last_seen:
             machine.last_seen = when
             # A restarted or upgraded machine announces its new instance id and version.
             machine.version = str(data.get("version", machine.version))
             machine.id = str(data.get("id", machine.id))
         return machine
+
+    def _machine(self, event: MachineEvent, when: float) -> MachineView | None:
+        node = self._node(event.identity, when)
+        return self._machine_of(node, event.machine, event.data(), when)
 
     def _transition(self, machine: MachineView, event: TransitionNotification, when: float) -> None:
         for state in (event.from_state, event.to_state):
@@ -225,6 +298,9 @@ class FleetModel:
             }
         )
         if machine.state_entered is None or when >= machine.state_entered:
+            if event.to_state != machine.state:
+                # What a snapshot said could be fired was about the state just left.
+                machine.available = None
             machine.state = event.to_state
             machine.state_entered = when
 
@@ -280,6 +356,8 @@ class FleetModel:
                 "identity": node.identity,
                 "first_seen": node.first_seen,
                 "last_seen": node.last_seen,
+                "answering": node.answering,
+                "last_answer": node.last_answer,
                 "machines": [node.machines[m].summary() for m in sorted(node.machines)],
             }
             for node in sorted(self.nodes.values(), key=lambda n: n.identity)

@@ -18,13 +18,23 @@ an ordered consumer that then carries on live, so the dashboard starts with the 
 states instead of waiting for the next transitions. Without the stream it subscribes to the
 subjects directly and learns from what happens from then on.
 
-Nothing here changes anything on a node: the fleet view is read-only.
+Current states: agents with NATS answer fleet control requests (docs/fleet.md). The dashboard
+discovers them (``$SRV.PING.machinery``) when it connects and every ``refresh`` seconds, and asks
+every node for its machines when it starts, when it reconnects, and when a node appears or comes
+back, so no machine waits for its next transition to show its state. A node that answered once
+and stops answering discovery is marked as not answering.
+
+Read-only unless given a :class:`FleetControl` (``--seed-file``): then ``POST
+/api/fleet/transition`` fires a transition on one node's machine or on every node a filter
+selects, each request signed with the operators' key. The browser must send the dashboard's own
+bearer token, and requests from another origin are refused.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import json
 import logging
 import socket
@@ -32,7 +42,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import anyio
 from fastapi import FastAPI, HTTPException, Path, Query, Request
@@ -46,9 +56,12 @@ from machinery.core.notifications import MachineEvent
 from machinery.events.bus import event_query
 from machinery.events.cloudevents import CloudEventError, decode_cloudevent, encode_cloudevent
 from machinery.fleet.model import FleetModel
-from machinery.nats.connection import BrokerConnection
+from machinery.nats.connection import BrokerConnection, ConnectionState
 
-__all__ = ["SUBJECT", "EventHub", "FleetDashboard", "create_fleet_app"]
+if TYPE_CHECKING:
+    from machinery.core.signing import KeyPair
+
+__all__ = ["SUBJECT", "EventHub", "FleetControl", "FleetDashboard", "create_fleet_app"]
 
 log = logging.getLogger("machinery.fleet")
 
@@ -58,6 +71,20 @@ NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.:@-]{0,127}$"
 
 Identity = Annotated[str, Path(pattern=IDENTITY_PATTERN, max_length=255)]
 Name = Annotated[str, Path(pattern=NAME_PATTERN, max_length=128)]
+
+
+MAX_CONTROL_BODY = 16 * 1024
+MAX_WHERE = 20
+
+
+@dataclass(frozen=True)
+class FleetControl:
+    """What lets the dashboard change state: the operators' signing key, and the token the
+    browser must present."""
+
+    key: KeyPair
+    token: str
+    timeout: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +158,9 @@ class FleetDashboard:
         replay: float = 3600.0,
         model: FleetModel | None = None,
         max_sse_clients: int = 64,
+        control: FleetControl | None = None,
+        refresh: float = 15.0,
+        discover_wait: float = 1.0,
     ) -> None:
         self.nats = nats
         self.listen_host = listen_host
@@ -145,6 +175,13 @@ class FleetDashboard:
         self.received = 0
         self.undecodable = 0
         self.started = time.time()
+        self.control = control
+        self.refresh = refresh
+        self.discover_wait = discover_wait
+        self.queried = 0  # machines questions asked of the fleet
+        # Nodes the survey has heard answer; an event from another identity asks for a survey.
+        self._known: set[str] = set()
+        self._survey_now = asyncio.Event()
         self._stop = asyncio.Event()
         self._server: Any = None
         # Ends the live streams when the dashboard stops (made in run(): it needs the loop).
@@ -171,7 +208,123 @@ class FleetDashboard:
             text = encode_cloudevent(event)
         self.model.apply(event, time.time())
         self.hub.publish(event, text)
+        if event.identity not in self._known:
+            self._known.add(event.identity)  # ask once per new identity, not per event
+            self._survey_now.set()
         return event
+
+    # -- asking the nodes -------------------------------------------------------------------
+
+    async def survey(self, *, everything: bool = False) -> None:
+        """Discover the agents; ask the new, returned (or, with ``everything``, all) nodes for
+        their machines; mark the silent ones."""
+        from machinery.nats.fleetclient import discover, gather
+
+        client = self.broker.client
+        if client is None:
+            return
+        found = set(await discover(client, wait=self.discover_wait))
+        # New nodes, and nodes that come back, are asked (before they are marked answering).
+        ask = {
+            identity
+            for identity in found
+            if everything or (node := self.model.nodes.get(identity)) is None or not node.answering
+        }
+        self.model.mark_answering(found, time.time())
+        if not ask:
+            return
+        self.queried += 1
+        request: dict[str, Any] = {"version": 1}
+        if len(ask) == 1 and not everything:
+            # One node appeared: the others answer "not matched", with no machines to send.
+            from machinery.nats.fleetclient import glob_literal
+
+            request["filter"] = {"identity": glob_literal(next(iter(ask)))}
+        replies = await gather(client, "machines", request, set(found))
+        now = time.time()
+        for identity, body in replies.matched.items():
+            if "machines" in body:
+                self.model.apply_snapshot(identity, body["machines"], now)
+                self._known.add(identity)
+        self.model.mark_answering(set(replies.replies), now)
+
+    async def _reask(self, identities: list[str]) -> None:
+        """Ask these nodes for their machines again (after firing transitions on them), so what
+        can be fired next is known without waiting for the next survey."""
+        from machinery.nats.fleetclient import gather, glob_literal
+
+        client = self.broker.client
+        if client is None or not identities:
+            return
+        request: dict[str, Any] = {"version": 1}
+        if len(identities) == 1:
+            request["filter"] = {"identity": glob_literal(identities[0])}
+        replies = await gather(client, "machines", request, set(identities), timeout=2.0)
+        now = time.time()
+        for identity, body in replies.matched.items():
+            if identity in identities and "machines" in body:
+                self.model.apply_snapshot(identity, body["machines"], now)
+
+    async def _survey_loop(self) -> None:
+        reconnected = asyncio.Event()
+        self.broker.on_change(
+            lambda state: reconnected.set() if state is ConnectionState.CONNECTED else None
+        )
+        everything = True
+        while True:
+            await self.broker.wait_connected(None)
+            try:
+                await self.survey(everything=everything or reconnected.is_set())
+            except Exception as exc:  # a lost connection mid-survey: try again next round
+                log.warning("cannot ask the fleet for its machines: %s", exc)
+            reconnected.clear()
+            everything = False
+            self._survey_now.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.refresh):
+                    await self._survey_now.wait()
+
+    async def transition(
+        self, machine: str, event: str, *, identity: str | None, where: list[str]
+    ) -> dict[str, Any]:
+        """Fire ``event`` on ``machine`` of one node or of every node ``where`` selects."""
+        from machinery.nats.control import Filter, parse_where
+        from machinery.nats.fleetclient import glob_literal, select_nodes, transition_nodes
+
+        assert self.control is not None
+        client = self.broker.client
+        if client is None:
+            raise ConnectionError("not connected to NATS")
+        missing: list[str] = []
+        if identity is not None:
+            selected = Filter(identity=glob_literal(identity), machine=machine)
+            targets = [identity]
+        else:
+            selected = parse_where(where).narrowed(machine=machine)
+            targets, found = await select_nodes(
+                client, selected, discover_wait=self.discover_wait, timeout=self.control.timeout
+            )
+            missing = found.missing
+        outcomes = await transition_nodes(
+            client,
+            targets,
+            machine,
+            event,
+            self.control.key,
+            selected,
+            timeout=self.control.timeout,
+        )
+        await self._reask([o.identity for o in outcomes if o.outcome.value == "done"])
+        counts: dict[str, int] = {}
+        for outcome in outcomes:
+            counts[outcome.outcome.value] = counts.get(outcome.outcome.value, 0) + 1
+        return {
+            "machine": machine,
+            "transition": event,
+            "outcomes": [outcome.to_dict() for outcome in outcomes],
+            "counts": counts,
+            "missing": missing,
+        }
 
     async def _subscribe(self) -> None:
         client = self.broker.client
@@ -249,12 +402,14 @@ class FleetDashboard:
             async with asyncio.TaskGroup() as tasks:
                 broker = tasks.create_task(self.broker.run(), name="nats")
                 consumer = tasks.create_task(self._consume(), name="consume")
+                surveyor = tasks.create_task(self._survey_loop(), name="survey")
                 http = tasks.create_task(self._server.serve(sockets=[sock]), name="http")
                 await self._stop.wait()
                 self.shutdown.set()
                 self._server.should_exit = True
                 await http
                 consumer.cancel()
+                surveyor.cancel()
                 broker.cancel()
         finally:
             sock.close()
@@ -273,6 +428,7 @@ class FleetDashboard:
             "source": self.source,
             "received": self.received,
             "undecodable": self.undecodable,
+            "control": self.control is not None,
         }
 
 
@@ -286,7 +442,7 @@ def create_fleet_app(dashboard: FleetDashboard) -> FastAPI:
         redoc_url=None,
     )
     install_error_handlers(app)
-    app.include_router(dashboard_router(mode="fleet"))
+    app.include_router(dashboard_router(mode="fleet", control=dashboard.control is not None))
     model = dashboard.model
 
     @app.get("/healthz")
@@ -317,6 +473,44 @@ def create_fleet_app(dashboard: FleetDashboard) -> FastAPI:
             raise HTTPException(404, f"machine {name} on {identity} not seen")
         return document
 
+    @app.post("/api/fleet/transition")
+    async def fire(request: Request) -> dict[str, Any]:
+        """Fire a transition on one node (``identity``) or on a selection (``where``), signed
+        with the dashboard's key; needs the dashboard's bearer token, from its own origin."""
+        from machinery.nats.control import ControlError
+
+        control = dashboard.control
+        if control is None:
+            raise HTTPException(
+                403, "this dashboard is read-only: start it with --seed-file to fire transitions"
+            )
+        origin = request.headers.get("origin")
+        if origin is not None and origin != f"{request.url.scheme}://{request.headers.get('host')}":
+            raise HTTPException(403, "requests from another origin are refused")
+        scheme, _, supplied = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            supplied.strip().encode(), control.token.encode()
+        ):
+            raise HTTPException(
+                401,
+                "the dashboard's bearer token is required",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+            raise HTTPException(415, "send JSON (Content-Type: application/json)")
+        body = await _bounded_body(request, MAX_CONTROL_BODY)
+        try:
+            document = json.loads(body)
+        except (ValueError, RecursionError):
+            raise HTTPException(400, "the body is not JSON") from None
+        machine, event, identity, where = _transition_fields(document)
+        try:
+            return await dashboard.transition(machine, event, identity=identity, where=where)
+        except ControlError as exc:
+            raise HTTPException(400, exc.message) from None
+        except ConnectionError as exc:
+            raise HTTPException(503, str(exc)) from None
+
     @app.get("/api/fleet/events", response_class=EventSourceResponse)
     async def events(
         request: Request,
@@ -346,3 +540,45 @@ def create_fleet_app(dashboard: FleetDashboard) -> FastAPI:
         )
 
     return app
+
+
+async def _bounded_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise HTTPException(413, f"request bodies are limited to {limit} bytes")
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise HTTPException(413, f"request bodies are limited to {limit} bytes")
+    return body
+
+
+def _transition_fields(document: Any) -> tuple[str, str, str | None, list[str]]:
+    """machine, transition, identity and where of a transition request, checked."""
+    import re
+
+    name = re.compile(NAME_PATTERN)
+    if not isinstance(document, dict):
+        raise HTTPException(400, "expected a JSON object")
+    unknown = set(document) - {"machine", "transition", "identity", "where"}
+    if unknown:
+        raise HTTPException(400, f"unknown field {sorted(unknown)[0]!r}")
+    machine, event = document.get("machine"), document.get("transition")
+    for field_name, value in (("machine", machine), ("transition", event)):
+        if not isinstance(value, str) or not name.match(value):
+            raise HTTPException(400, f"{field_name} must be a name (letters, digits, _.:@-)")
+    identity = document.get("identity")
+    where = document.get("where", [])
+    if identity is not None and (not isinstance(identity, str) or not 0 < len(identity) <= 255):
+        raise HTTPException(400, "identity must be a node identity")
+    if (
+        not isinstance(where, list)
+        or len(where) > MAX_WHERE
+        or not all(isinstance(clause, str) and len(clause) <= 1024 for clause in where)
+    ):
+        raise HTTPException(400, f"where must be a list of at most {MAX_WHERE} clauses")
+    if identity is not None and where:
+        raise HTTPException(400, "give either identity or where")
+    assert isinstance(machine, str) and isinstance(event, str)
+    return machine, event, identity, where

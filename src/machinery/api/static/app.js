@@ -3,7 +3,8 @@
 // Everything live arrives over one EventSource (server-sent events); nothing polls. After the
 // stream (re)connects, the page reads the current state once from the JSON API, then applies
 // each event as it comes. The same page runs on an agent (data-mode="agent", its /api/v1 API)
-// and on the fleet server (data-mode="fleet", /api/fleet, built from NATS; no transition buttons).
+// and on the fleet server (data-mode="fleet", /api/fleet, built from NATS and the nodes' own
+// answers; transition buttons only when it was started with a signing key: data-control="on").
 
 import { durationChart, sparkline } from "./charts.js";
 import { bestDirection, flashTransition, renderGraph, setCurrent } from "./graph.js";
@@ -13,7 +14,8 @@ import {
 } from "./util.js";
 
 const MODE = document.documentElement.dataset.mode === "fleet" ? "fleet" : "agent";
-const TOKEN_KEY = "machinery.token";
+const CONTROL = MODE === "fleet" && document.documentElement.dataset.control === "on";
+const TOKEN_KEY = MODE === "fleet" ? "machinery.fleet.token" : "machinery.token";
 const MAX_EVENTS = 500;
 const MAX_HISTORY = 300;
 const MAX_SAMPLES = 60;
@@ -67,9 +69,29 @@ const agentSource = {
   },
 };
 
+// A fleet transition's outcome on one node, as the HTTP status an agent would have answered.
+const OUTCOME_STATUS = { refused: 403, invalid: 409, failed: 502, no_answer: 504, skipped: 409 };
+
+function fleetTransition(body, token) {
+  const headers = { "Content-Type": "application/json" };
+  if (token) headers.Authorization = `Bearer ${token}`;
+  return fetchJSON("/api/fleet/transition", { method: "POST", headers, body: JSON.stringify(body) });
+}
+
 const fleetSource = {
   eventsURL: "/api/fleet/events",
-  canFire: false,
+  canFire: CONTROL,
+  async fire(ref, transition, token) {
+    const answer = await fleetTransition({ machine: ref.name, transition, identity: ref.identity }, token);
+    const outcome = answer.outcomes[0];
+    if (!outcome) throw new ApiError(504, `${ref.identity} did not answer`);
+    if (outcome.outcome !== "done") throw new ApiError(OUTCOME_STATUS[outcome.outcome] || 502, outcome.message);
+    return {
+      changed: outcome.from_state !== outcome.to_state || outcome.message === "changed",
+      from_state: outcome.from_state,
+      to_state: outcome.to_state,
+    };
+  },
   async overview() {
     const body = await fetchJSON("/api/fleet/nodes");
     return { identity: "", version: body.version, nodes: body.nodes, broker: body.broker };
@@ -103,6 +125,7 @@ const app = {
   nodeFilter: "",
   opened: false,
   firing: false,
+  selection: { machine: "", transition: "", where: "", pending: null, answer: null, error: null },
 };
 
 const keyOf = (identity, name) => (MODE === "agent" ? name : `${identity}\u0000${name}`);
@@ -151,7 +174,7 @@ async function loadOverview() {
     const machines = new Map();
     app.nodes = new Map();
     for (const node of body.nodes) {
-      app.nodes.set(node.identity, { identity: node.identity, last_seen: node.last_seen ?? null });
+      app.nodes.set(node.identity, { identity: node.identity, last_seen: node.last_seen ?? null, answering: node.answering ?? null });
       for (const m of node.machines) {
         const summary = { ...m, identity: m.identity || node.identity };
         machines.set(keyOf(summary.identity, summary.name), summary);
@@ -361,6 +384,7 @@ function renderList() {
         h("p", { class: "counts", id: "machine-counts" }, countsText(machines).map((t, i) => h("span", { class: i ? "count" : "count total" }, t)))),
       error,
       MODE === "fleet" ? nodeList() : null,
+      CONTROL ? selectionPanel() : null,
       h("div", { class: "tools" }, h("label", { for: "machine-filter" }, "Filter"), filter),
       table,
       machines.length ? null : h("p", { class: "empty muted" }, app.machines.size
@@ -385,6 +409,72 @@ function renderListBody() {
   if (counts) replaceChildren(counts, countsText(machines).map((t, i) => h("span", { class: i ? "count" : "count total" }, t)));
 }
 
+// Fire one transition on every node a filter selects (the same clauses as `machinery fleet --where`).
+// Its fields and last result live in app.selection: the list view is rebuilt as events arrive.
+function selectionPanel() {
+  const sel = app.selection;
+  const field = (id, key, label, placeholder) => h("label", { for: id }, label,
+    h("input", {
+      id, type: "text", placeholder, spellcheck: "false", autocomplete: "off", value: sel[key],
+      oninput: (e) => { sel[key] = e.target.value; },
+    }));
+  return h("section", { class: "panel selection", "aria-labelledby": "selection-title" },
+    h("div", { class: "panel-head" }, h("h2", { id: "selection-title" }, "Transition on a selection"),
+      h("p", { class: "muted small" }, "Signed by the dashboard; each node checks the signature.")),
+    h("form", { id: "selection-form", class: "selection-form", onsubmit: fireSelection },
+      field("selection-machine", "machine", "Machine", "nginx"),
+      field("selection-transition", "transition", "Transition", "maintenance"),
+      field("selection-where", "where", "Where", "identity=web* os.family=debian"),
+      h("button", { type: "submit", id: "selection-fire" }, "Fire")),
+    h("div", { id: "selection-result", role: "status" }, selectionResult()));
+}
+
+function selectionResult() {
+  const { pending, answer, error } = app.selection;
+  if (pending) return [h("p", { class: "result pending" }, pending)];
+  if (error) {
+    return [h("div", { class: "notice error", role: "alert" },
+      h("strong", {}, error.status ? `Refused (HTTP ${error.status})` : "Failed"), `: ${error.message}`)];
+  }
+  if (!answer) return [];
+  const counts = Object.entries(answer.counts).map(([k, n]) => `${k.replace("_", " ")}: ${n}`).join(", ");
+  return [
+    h("p", { class: "result ok", id: "selection-counts" }, answer.outcomes.length ? counts : "No node matches."),
+    answer.outcomes.length ? h("table", { class: "machines", id: "selection-outcomes" },
+      h("thead", {}, h("tr", {}, ["Node", "Outcome", "From", "To", "Detail"].map((t) => h("th", { scope: "col" }, t)))),
+      h("tbody", {}, answer.outcomes.map((o) => h("tr", { "data-node": o.identity, "data-outcome": o.outcome },
+        h("td", {}, o.identity), h("td", {}, o.outcome.replace("_", " ")), h("td", {}, o.from_state || ""),
+        h("td", {}, o.to_state || ""), h("td", {}, o.message))))) : null,
+    answer.missing.length ? h("p", { class: "muted small" }, `Did not answer: ${answer.missing.join(", ")}`) : null,
+  ];
+}
+
+function renderSelectionResult() {
+  const box = document.getElementById("selection-result");
+  if (box) replaceChildren(box, selectionResult());
+}
+
+async function fireSelection(event) {
+  event.preventDefault();
+  if (app.firing) return;
+  const sel = app.selection;
+  const machine = sel.machine.trim();
+  const transition = sel.transition.trim();
+  const where = sel.where.split(/\s+/).filter(Boolean);
+  app.firing = true;
+  Object.assign(sel, { pending: `Firing ${transition} on ${machine}…`, answer: null, error: null });
+  renderSelectionResult();
+  try {
+    sel.answer = await fleetTransition({ machine, transition, where }, sessionStorage.getItem(TOKEN_KEY));
+  } catch (err) {
+    sel.error = err;
+  } finally {
+    sel.pending = null;
+    app.firing = false;
+    renderSelectionResult();
+  }
+}
+
 function nodeList() {
   const nodes = [...app.nodes.values()].sort((a, b) => a.identity.localeCompare(b.identity));
   const count = (identity) => [...app.machines.values()].filter((m) => m.identity === identity).length;
@@ -396,8 +486,9 @@ function nodeList() {
   return h("nav", { class: "nodes", "aria-label": "Nodes" },
     h("ul", {},
       button("", "All nodes", h("span", { class: "muted small" }, ` ${app.machines.size}`)),
-      nodes.map((n) => button(n.identity, n.identity,
-        h("span", { class: "muted small" }, ` ${count(n.identity)} · seen `, timeAgo(n.last_seen))))));
+      nodes.map((n) => button(n.identity, n.identity, [
+        h("span", { class: "muted small" }, ` ${count(n.identity)} · seen `, timeAgo(n.last_seen)),
+        n.answering === false ? h("span", { class: "badge status-failed not-answering", "data-answering": "false" }, "not answering") : null]))));
 }
 
 function onListKey(event) {
@@ -538,10 +629,16 @@ function machineHead(m) {
 }
 
 function availableTransitions() {
-  const { graph } = app.detail;
+  const { graph, summary } = app.detail;
   if (!graph) return [];
   const names = new Map();
   for (const e of graph.edges) if (e.source === graph.current && !names.has(e.transition)) names.set(e.transition, e);
+  // On the fleet, the node's own answer says what can be fired (the graph only knows what was seen).
+  const known = MODE === "fleet" ? summary?.available_transitions : null;
+  if (Array.isArray(known)) {
+    return known.map((t) => names.get(t) || { source: graph.current, transition: t, destination: "?", description: "" })
+      .sort((a, b) => a.transition.localeCompare(b.transition));
+  }
   return [...names.values()].sort((a, b) => a.transition.localeCompare(b.transition));
 }
 
@@ -555,6 +652,11 @@ function transitionsPanel() {
 }
 
 function tokenHint() {
+  if (MODE === "fleet") {
+    return sessionStorage.getItem(TOKEN_KEY)
+      ? "Requests carry the dashboard token set above; each node checks the dashboard's signature."
+      : "No token set: paste the token the dashboard printed when it started.";
+  }
   return sessionStorage.getItem(TOKEN_KEY)
     ? "Requests carry the API token set above."
     : "No API token set: the agent may refuse (paste its token above).";
@@ -574,6 +676,19 @@ function renderButtons() {
   if (focused) (box.querySelector(`[data-transition="${CSS.escape(focused)}"]`) || box.querySelector("button"))?.focus();
 }
 
+// After firing on the fleet: the dashboard asked the node again, so it knows what can be fired now.
+async function refreshAvailable(detail) {
+  try {
+    const doc = await source.machine(detail.ref);
+    if (app.detail !== detail || !doc.summary || !detail.summary) return;
+    detail.summary.state = doc.summary.state;
+    detail.summary.available_transitions = doc.summary.available_transitions;
+    renderButtons();
+  } catch {
+    // The buttons fall back to the transitions seen so far.
+  }
+}
+
 async function fire(transition) {
   if (app.firing) return; // one request at a time: a double click must not fire twice
   app.firing = true;
@@ -589,6 +704,7 @@ async function fire(transition) {
     error.hidden = true;
     error.textContent = "";
     result.className = "result ok";
+    if (MODE === "fleet") refreshAvailable(detail);
     result.textContent = answer.changed
       ? `${transition}: ${answer.from_state} → ${answer.to_state}`
       : `${transition} is valid in ${answer.from_state} and changed nothing`;
@@ -596,7 +712,12 @@ async function fire(transition) {
     result.className = "result";
     result.textContent = "";
     const status = err instanceof ApiError ? err.status : 0;
-    const hints = {
+    const hints = MODE === "fleet" ? {
+      401: "The dashboard wants its token: paste the one it printed when it started.",
+      403: "The node refused the signed request (does it trust the dashboard's key in control.public_keys?).",
+      409: "The machine is not in a state where this transition is allowed (it may just have moved).",
+      504: "The node did not answer.",
+    } : {
       401: "The agent wants a valid API token: paste it in the token field at the top.",
       403: "The agent has no token configured for state changes (set http.token_file).",
       409: "The machine is not in a state where this transition is allowed (it may just have moved).",
@@ -760,7 +881,7 @@ function onEvent(message) {
       const seen = main.querySelector(`a.node-chip[data-node="${CSS.escape(ev.identity)}"] time`);
       if (seen) seen.dataset.ts = String(node.last_seen);
     } else {
-      app.nodes.set(ev.identity, { identity: ev.identity, last_seen: ev.time });
+      app.nodes.set(ev.identity, { ...app.nodes.get(ev.identity), identity: ev.identity, last_seen: ev.time });
       renderHeader();
     }
   }
@@ -795,6 +916,8 @@ function applyTransition(key, ev) {
   const detail = app.detail;
   if (!detail || detail.key !== key || app.route.view !== "machine") return;
   if (detail.summary) {
+    // The node's list of what can be fired was about the state it just left.
+    if (MODE === "fleet" && detail.summary.state !== d.to_state) detail.summary.available_transitions = null;
     detail.summary.state = d.to_state;
     detail.summary.state_entered = Number(d.timestamp) || ev.time;
     const state = document.getElementById("detail-state");
@@ -1063,7 +1186,7 @@ function start() {
   document.getElementById("events-filters").addEventListener("submit", (e) => e.preventDefault());
   document.addEventListener("keydown", onKey);
   window.addEventListener("hashchange", onRoute);
-  if (MODE === "agent") setupToken();
+  if (MODE === "agent" || CONTROL) setupToken();
   // The graph picks its layout by the width it has.
   let width = 0;
   new ResizeObserver(() => {
