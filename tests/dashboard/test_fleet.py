@@ -26,6 +26,7 @@ from machinery.fleet.server import FleetDashboard
 from tests.dashboard.conftest import RECORDER
 from tests.e2e.agent_process import AgentProcess
 from tests.natsserver import NatsServer
+from tests.support import assert_took
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -326,10 +327,9 @@ async def test_fleet_view_shows_five_agents_and_a_live_transition(
                 seen = await watched.until(
                     "(a) => window.__cells.find(c => c.state === a.s && c.t >= a.t)?.t",
                     {"s": target, "t": answered - 0.05},
-                    timeout=5,
+                    timeout=30,
                 )
-                delay = seen - answered
-                assert delay < 2.0, delay
+                assert_took(seen - answered, 20.0, "a forced transition shown in the fleet table")
                 await watched.screenshot("dashboard-fleet.png")
 
                 # The machine page of node2's HVAC: the graph as seen, its current state, live.
@@ -356,9 +356,11 @@ async def test_fleet_view_shows_five_agents_and_a_live_transition(
                 seen = await watched.until(
                     "(a) => window.__states.find(x => x.state === a.s && x.t >= a.t)?.t",
                     {"s": answer["to_state"], "t": answered - 0.05},
-                    timeout=5,
+                    timeout=30,
                 )
-                assert seen - answered < 2.0
+                assert_took(
+                    seen - answered, 20.0, "a forced transition shown on the fleet machine page"
+                )
                 await watched.until(
                     "(e) => document.querySelector('#timeline li .tl-via code')?.textContent === e",
                     event,

@@ -33,6 +33,7 @@ from nats.js.api import KeyValueConfig, StreamConfig
 
 from tests.e2e.agent_process import AgentProcess
 from tests.natsserver import NatsServer, cluster
+from tests.support import assert_took
 
 AGENTS = 5
 LATENCY_ROUNDS = 20
@@ -361,7 +362,8 @@ async def test_a_fleet_of_five_agents_on_a_three_server_cluster(
             f"median {statistics.median(latencies) * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms, "
             f"max {latencies[-1] * 1000:.1f} ms"
         )
-        assert p99 < 0.100
+        # The target (p99 under 100 ms) is measured in bench/; here a bound 10x above it.
+        assert_took(p99, 1.0, "kv watch -> transition on NATS, p99 across agents")
 
         # `machinery watch --nats` saw every agent's transitions.
         watcher.send_signal(signal.SIGINT)
