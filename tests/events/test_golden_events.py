@@ -93,6 +93,16 @@ def test_exec(tmp_path: Path) -> None:
     )
 
 
+def test_ccm_manifest(tmp_path: Path) -> None:
+    # Choria's ccmmanifestwatcher StateNotification: the header, previous_outcome, and
+    # previous_run_time as int64 nanoseconds.
+    machine = _machine(tmp_path, "ccm_manifest", "manifest_file: manifest.yaml")
+    _set(machine, previous_outcome="changes", previous_run_time=0.231)
+    assert _event(machine) == _header("ccm_manifest") + (
+        '"previous_outcome":"changes","previous_run_time":231000000}}'
+    )
+
+
 def test_file(tmp_path: Path) -> None:
     machine = _machine(tmp_path, "file", "path: /etc/motd")
     _set(machine, previous_outcome="changed")
@@ -397,3 +407,11 @@ def test_a_state_is_encoded_once_for_every_sink(tmp_path: Path) -> None:
     first, second = encode_cloudevent(state, "a"), encode_cloudevent(state, "b")
     assert first.endswith(',"data":' + data + "}") and second.endswith(',"data":' + data + "}")
     assert state.encoded is data  # reused, not encoded again
+
+
+def test_every_watcher_type_has_a_golden_event() -> None:
+    from machinery.watchers.registry import default_registry
+
+    source = Path(__file__).read_text()
+    missing = [name for name in default_registry().names() if f'"{name}"' not in source]
+    assert missing == [], f"no golden event test for {missing}"
