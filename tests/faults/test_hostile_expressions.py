@@ -140,7 +140,18 @@ def test_uniq_of_many_distinct_values_is_linear() -> None:
 def test_group_by_refuses_keys_go_keeps_apart_instead_of_merging_them(keys: str) -> None:
     # A Python dict merged 1, 1.0 and true into one group: wrong data, silently.
     message = failure(f"groupBy({keys}, #)")
+    assert message.startswith("groupBy(): keys ")
     assert "are different keys in expr-lang but one key here" in message
+    assert evaluate("groupBy([1, 2, 1], #)") == {1: [1, 1], 2: [2]}
+
+
+def test_from_pairs_refuses_keys_go_keeps_apart_instead_of_merging_them() -> None:
+    message = failure('fromPairs([[1, "int"], [true, "bool"]])')
+    assert message == (
+        "fromPairs(): keys 1 (int) and true (bool) are different keys in expr-lang but one key "
+        "here; convert them to one type, for example with string()"
+    )
+    assert evaluate('fromPairs([["a", 1], ["a", 2]])') == {"a": 2}
 
 
 def test_mean_of_huge_floats_is_infinity_as_in_go() -> None:

@@ -1084,15 +1084,9 @@ class _PredicateCall(_Node):
         for i, item in enumerate(items):
             key = self.predicate.ev(ctx, (item, i, frame))
             try:
-                first = first_keys.setdefault(key, key)
-            except TypeError:
-                self._fail(f"cannot use {_type_name(key)} as map key")
-            if type(first) is not type(key):
-                self._fail(
-                    f"keys {_brief(first)} ({_type_name(first)}) and {_brief(key)} "
-                    f"({_type_name(key)}) are different keys in expr-lang but one key here; "
-                    "convert them to one type, for example with string()"
-                )
+                _check_key(first_keys, key)
+            except _Fault as fault:
+                self._fail(str(fault))
             groups.setdefault(key, []).append(item)
         return groups
 
@@ -1108,6 +1102,21 @@ class _PredicateCall(_Node):
             self._fail(str(fault))
         positions = sorted(range(len(items)), key=ranked.__getitem__, reverse=order == "desc")
         return [items[i] for i in positions]
+
+
+def _check_key(first_keys: dict[Any, object], key: object) -> None:
+    """Record ``key`` of a map being built; refuse an unhashable key, and one that Go's map
+    keeps apart from an earlier key but a Python dict merges with it (1, 1.0 and true)."""
+    try:
+        first = first_keys.setdefault(key, key)
+    except TypeError:
+        raise _Fault(f"cannot use {_type_name(key)} as map key") from None
+    if type(first) is not type(key):
+        raise _Fault(
+            f"keys {_brief(first)} ({_type_name(first)}) and {_brief(key)} "
+            f"({_type_name(key)}) are different keys in expr-lang but one key here; "
+            "convert them to one type, for example with string()"
+        )
 
 
 # -- built-in functions ------------------------------------------------------------------
@@ -1485,15 +1494,13 @@ def _b_from_pairs(args: list[object], ctx: _Context) -> object:
     result: dict[Any, object] = {}
     pairs = _need_array(args[0], "make a map from")
     ctx.charge(len(pairs))
+    first_keys: dict[Any, object] = {}
     for pair in pairs:
         if not isinstance(pair, list | tuple) or len(pair) != 2:
             raise _Fault(f"invalid pair {_brief(pair)}: expected [key, value]")
         key: Any = pair[0]
-        value: object = pair[1]
-        try:
-            result[key] = value
-        except TypeError:
-            raise _Fault(f"cannot use {_type_name(key)} as map key") from None
+        _check_key(first_keys, key)
+        result[key] = pair[1]
     return result
 
 
