@@ -145,6 +145,7 @@ _GO_UNIT_NANOS: dict[str, int] = {
 }
 _GO_TERM = re.compile(r"([0-9]*)(?:\.([0-9]*))?(ns|us|µs|μs|ms|s|m|h)")
 _INT64_MAX = (1 << 63) - 1
+_FRACTION_DIGITS = 18  # the digits of a fraction Go's leadingFraction reads
 
 
 def parse_go_duration(text: str) -> int:
@@ -172,8 +173,13 @@ def parse_go_duration(text: str) -> int:
             raise DurationError(f"time: invalid duration {_go_quote(text)}")
         whole, fraction, unit = match.group(1), match.group(2) or "", match.group(3)
         size = _GO_UNIT_NANOS[unit]
+        whole = whole.lstrip("0")
+        if len(whole) > 19:  # past int64 (and past Python's int() digit limit): Go's overflow
+            raise DurationError(f"time: invalid duration {_go_quote(text)}")
         value = int(whole or "0") * size
         if fraction:
+            # Go reads fraction digits only while they fit in an int64 and ignores the rest.
+            fraction = fraction[:_FRACTION_DIGITS]
             value += int(fraction) * size // 10 ** len(fraction)
         total += value
         if total > _INT64_MAX + (1 if negative else 0):

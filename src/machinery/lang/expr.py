@@ -93,6 +93,7 @@ from machinery.lang.gotime import (
     GoLocation,
     GoTime,
     TimeError,
+    clamp_duration,
     format_time,
     load_location,
     parse_time,
@@ -107,6 +108,8 @@ MAX_DEPTH: Final = 100
 MAX_RANGE: Final = 100_000
 MAX_STRING: Final = 1 << 20
 MAX_COST: Final = 1_000_000
+# Building text costs a step per this many characters (see _Context.charge_text).
+TEXT_STEP: Final = 16
 
 _I64: Final = 1 << 63
 _U64_MASK: Final = (1 << 64) - 1
@@ -192,13 +195,39 @@ def _text(value: object) -> str:
     return go_sprint(value)
 
 
-def _check_string(value: str) -> str:
-    if len(value) > MAX_STRING:
-        raise _Fault(f"string too long ({len(value)} characters, at most {MAX_STRING})")
-    return value
+def _value_size(value: object, budget: int) -> int:
+    """The work of walking all of ``value``: one per element, one per :data:`TEXT_STEP`
+    characters of its strings. Shared parts count each time they are reached, as a walk
+    reaches them; past ``budget`` it stops with a cost fault (self-referencing data never
+    ends)."""
+    size = 0
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        size += 1
+        if isinstance(item, str):
+            size += len(item) // TEXT_STEP
+        elif isinstance(item, list | tuple):
+            pending.extend(item)
+        elif isinstance(item, Mapping):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        if size > budget or len(pending) > budget:
+            raise _Fault(f"expression evaluation is too expensive (more than {MAX_COST} steps)")
+    return size
 
 
-def _equal(a: object, b: object) -> bool:
+def _brief(value: object) -> str:
+    """``value`` as Go prints it, for an error message: short, and never a long walk."""
+    try:
+        _value_size(value, 1_000)
+    except _Fault:
+        return f"<{_type_name(value)} too big to show>"
+    text = _text(value)
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
+def _equal(a: object, b: object, ctx: _Context) -> bool:
     if a is None or b is None:
         return a is b
     if isinstance(a, bool) or isinstance(b, bool):
@@ -209,11 +238,16 @@ def _equal(a: object, b: object) -> bool:
         return isinstance(a, str) and isinstance(b, str) and a == b
     if _is_array(a) and _is_array(b):
         assert isinstance(a, list | tuple) and isinstance(b, list | tuple)
-        return len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b, strict=True))
+        if len(a) != len(b):
+            return False
+        # A step per element: equality of shared data (reduce's [#acc, #acc]) is exponential.
+        ctx.charge(len(a))
+        return all(_equal(x, y, ctx) for x, y in zip(a, b, strict=True))
     if isinstance(a, Mapping) and isinstance(b, Mapping):
         if len(a) != len(b):
             return False
-        return all(k in b and _equal(v, b[k]) for k, v in a.items())
+        ctx.charge(len(a))
+        return all(k in b and _equal(v, b[k], ctx) for k, v in a.items())
     if type(a) is not type(b):
         return False
     try:
@@ -243,6 +277,20 @@ class _Context:
         if self.cost > MAX_COST:
             raise _Fault(f"expression evaluation is too expensive (more than {MAX_COST} steps)")
 
+    def charge_text(self, text: str) -> str:
+        """Charge for building ``text`` (a step per :data:`TEXT_STEP` characters) and check
+        its size: without this, a loop of cheap steps could each build a MiB of text."""
+        if len(text) > MAX_STRING:
+            raise _Fault(f"string too long ({len(text)} characters, at most {MAX_STRING})")
+        self.charge(len(text) // TEXT_STEP)
+        return text
+
+    def charge_value(self, value: object) -> None:
+        """Charge for walking all of ``value`` (an element a step, strings by length) before
+        something walks it whole: shared or self-referencing data (``[#acc, #acc]`` in
+        reduce) is far bigger than it looks, and this stops the walk at the budget."""
+        self.charge(_value_size(value, MAX_COST - self.cost))
+
 
 # A predicate's frame: (current element, its index, the enclosing frame[, reduce's accumulator]).
 _Frame = tuple[Any, ...] | None
@@ -263,7 +311,9 @@ def _op_add(a: object, b: object, ctx: _Context) -> object:
     if _is_number(a) and _is_number(b):
         return _float(a) + _float(b)  # type: ignore[arg-type]
     if isinstance(a, str) and isinstance(b, str):
-        return _check_string(a + b)
+        if len(a) + len(b) > MAX_STRING:
+            raise _Fault(f"string too long ({len(a) + len(b)} characters, at most {MAX_STRING})")
+        return ctx.charge_text(a + b)
     if _is_array(a) and _is_array(b):
         result = [*a, *b]  # type: ignore[misc]
         ctx.charge(len(result))
@@ -275,7 +325,7 @@ def _op_sub(a: object, b: object, ctx: _Context) -> object:
     if type(a) is int and type(b) is int:
         return _wrap(a - b)
     if isinstance(a, GoTime) and isinstance(b, GoTime):
-        return GoDuration(_wrap(a.nanos - b.nanos))
+        return GoDuration(clamp_duration(a.nanos - b.nanos))
     if isinstance(a, GoTime) and isinstance(b, GoDuration):
         return GoTime(a.nanos - b.nanos, a.location)
     if isinstance(a, GoDuration) and isinstance(b, GoDuration):
@@ -367,11 +417,11 @@ def _op_range(a: object, b: object, ctx: _Context) -> object:
 
 
 def _op_eq(a: object, b: object, ctx: _Context) -> object:
-    return _equal(a, b)
+    return _equal(a, b, ctx)
 
 
 def _op_ne(a: object, b: object, ctx: _Context) -> object:
-    return not _equal(a, b)
+    return not _equal(a, b, ctx)
 
 
 def _duration_number(value: object) -> object:
@@ -410,7 +460,7 @@ def _op_in(a: object, b: object, ctx: _Context) -> object:
     if _is_array(b):
         assert isinstance(b, list | tuple)
         ctx.charge(len(b))
-        return any(_equal(a, item) for item in b)
+        return any(_equal(a, item, ctx) for item in b)
     if isinstance(b, Mapping):
         try:
             return a in b
@@ -779,7 +829,7 @@ def _fetch(value: object, key: object) -> object:
         if not 0 <= position < length:
             raise _Fault(f"index out of range: {index} (array length is {length})")
         return value[position]
-    raise _Fault(f"cannot fetch {_text(key)} from {_type_name(value)}")
+    raise _Fault(f"cannot fetch {_brief(key)} from {_type_name(value)}")
 
 
 class _Member:
@@ -848,7 +898,18 @@ class _MethodCall:
 
     def apply(self, value: object, ctx: _Context, frame: _Frame) -> object:
         args = [arg.ev(ctx, frame) for arg in self.args]
-        return _invoke(self.name, value, args, self.offset)
+        try:
+            # A step per character of text given: a layout (Format) is read chunk by chunk,
+            # and a MiB of layout given to Format in a loop is real work.
+            for arg in args:
+                if isinstance(arg, str):
+                    ctx.charge(len(arg))
+            result = _invoke(self.name, value, args, self.offset)
+            if isinstance(result, str):
+                ctx.charge_text(result)
+        except _Fault as fault:
+            raise ExpressionError(f"{self.name}(): {fault}", self.offset) from None
+        return result
 
 
 _PostfixOp = _Member | _Slice | _MethodCall
@@ -1017,19 +1078,23 @@ class _PredicateCall(_Node):
     def _group_by(self, ctx: _Context, frame: _Frame, items: Sequence[object]) -> object:
         assert self.predicate is not None
         groups: dict[Any, list[object]] = {}
+        # The first key of each group: Go's map keeps 1, 1.0 and true apart, a Python dict
+        # merges them, and silently putting them in one group would give wrong data.
+        first_keys: dict[Any, object] = {}
         for i, item in enumerate(items):
             key = self.predicate.ev(ctx, (item, i, frame))
             try:
-                groups.setdefault(key, []).append(item)
-            except TypeError:
-                self._fail(f"cannot use {_type_name(key)} as map key")
+                _check_key(first_keys, key)
+            except _Fault as fault:
+                self._fail(str(fault))
+            groups.setdefault(key, []).append(item)
         return groups
 
     def _sort_by(self, ctx: _Context, frame: _Frame, items: Sequence[object]) -> object:
         assert self.predicate is not None
         order = "asc" if self.extra is None else self.extra.ev(ctx, frame)
         if order not in ("asc", "desc"):
-            self._fail(f"unknown order {_text(order)}, use asc or desc")
+            self._fail(f"unknown order {_brief(order)}, use asc or desc")
         keys = [self.predicate.ev(ctx, (item, i, frame)) for i, item in enumerate(items)]
         try:
             ranked = _sortable(keys)
@@ -1037,6 +1102,21 @@ class _PredicateCall(_Node):
             self._fail(str(fault))
         positions = sorted(range(len(items)), key=ranked.__getitem__, reverse=order == "desc")
         return [items[i] for i in positions]
+
+
+def _check_key(first_keys: dict[Any, object], key: object) -> None:
+    """Record ``key`` of a map being built; refuse an unhashable key, and one that Go's map
+    keeps apart from an earlier key but a Python dict merges with it (1, 1.0 and true)."""
+    try:
+        first = first_keys.setdefault(key, key)
+    except TypeError:
+        raise _Fault(f"cannot use {_type_name(key)} as map key") from None
+    if type(first) is not type(key):
+        raise _Fault(
+            f"keys {_brief(first)} ({_type_name(first)}) and {_brief(key)} "
+            f"({_type_name(key)}) are different keys in expr-lang but one key here; "
+            "convert them to one type, for example with string()"
+        )
 
 
 # -- built-in functions ------------------------------------------------------------------
@@ -1113,30 +1193,31 @@ def _b_float(args: list[object], ctx: _Context) -> object:
 
 
 def _b_string(args: list[object], ctx: _Context) -> object:
-    return _check_string(_text(args[0]))
+    ctx.charge_value(args[0])
+    return ctx.charge_text(_text(args[0]))
 
 
 def _b_lower(args: list[object], ctx: _Context) -> object:
-    return _need_string(args[0]).lower()
+    return ctx.charge_text(_need_string(args[0]).lower())
 
 
 def _b_upper(args: list[object], ctx: _Context) -> object:
-    return _check_string(_need_string(args[0]).upper())
+    return ctx.charge_text(_need_string(args[0]).upper())
 
 
 def _b_trim(args: list[object], ctx: _Context) -> object:
     text = _need_string(args[0])
     if len(args) > 1:
-        return text.strip(_need_string(args[1]))
-    return text.strip()
+        return ctx.charge_text(text.strip(_need_string(args[1])))
+    return ctx.charge_text(text.strip())
 
 
 def _b_trim_prefix(args: list[object], ctx: _Context) -> object:
-    return _need_string(args[0]).removeprefix(_need_string(args[1]))
+    return ctx.charge_text(_need_string(args[0]).removeprefix(_need_string(args[1])))
 
 
 def _b_trim_suffix(args: list[object], ctx: _Context) -> object:
-    return _need_string(args[0]).removesuffix(_need_string(args[1]))
+    return ctx.charge_text(_need_string(args[0]).removesuffix(_need_string(args[1])))
 
 
 def _b_split(args: list[object], ctx: _Context) -> object:
@@ -1162,10 +1243,14 @@ def _b_join(args: list[object], ctx: _Context) -> object:
         raise _Fault(f"expected an array, got {_type_name(items)}")
     assert isinstance(items, list | tuple)
     separator = "" if len(args) < 2 else _need_string(args[1])
+    ctx.charge(len(items))
     for item in items:
         if not isinstance(item, str):
             raise _Fault(f"cannot join {_type_name(item)}: only strings")
-    return _check_string(separator.join(items))
+    total = sum(map(len, items)) + len(separator) * max(len(items) - 1, 0)
+    if total > MAX_STRING:
+        raise _Fault(f"string too long ({total} characters, at most {MAX_STRING})")
+    return ctx.charge_text(separator.join(items))
 
 
 def _b_replace(args: list[object], ctx: _Context) -> object:
@@ -1176,7 +1261,7 @@ def _b_replace(args: list[object], ctx: _Context) -> object:
         raise _Fault(f"string too long (at most {MAX_STRING} characters)")
     # Go's strings.Replace takes a count (negative: every one); ReplaceAll has none.
     count = -1 if len(args) < 4 else _to_int(args[3], "replace count")
-    return _check_string(text.replace(old, new, count))
+    return ctx.charge_text(text.replace(old, new, count))
 
 
 def _b_has_prefix(args: list[object], ctx: _Context) -> object:
@@ -1194,11 +1279,15 @@ def _need_map(value: object) -> Mapping[Any, object]:
 
 
 def _b_keys(args: list[object], ctx: _Context) -> object:
-    return list(_need_map(args[0]).keys())
+    mapping = _need_map(args[0])
+    ctx.charge(len(mapping))
+    return list(mapping.keys())
 
 
 def _b_values(args: list[object], ctx: _Context) -> object:
-    return list(_need_map(args[0]).values())
+    mapping = _need_map(args[0])
+    ctx.charge(len(mapping))
+    return list(mapping.values())
 
 
 def _numbers(name: str, args: Sequence[object], ctx: _Context) -> list[int | float]:
@@ -1233,7 +1322,13 @@ def _b_min(args: list[object], ctx: _Context) -> object:
 
 def _b_mean(args: list[object], ctx: _Context) -> object:
     values = _numbers("mean", args, ctx)
-    return math.fsum(values) / len(values) if values else 0.0
+    if not values:
+        return 0.0
+    try:
+        total = math.fsum(values)
+    except OverflowError:  # float64 sums overflow to an infinity in Go, not an error
+        total = sum(map(_float, values), 0.0)
+    return total / len(values)
 
 
 def _b_median(args: list[object], ctx: _Context) -> object:
@@ -1266,7 +1361,7 @@ def _b_repeat(args: list[object], ctx: _Context) -> object:
         raise _Fault(f"invalid argument for repeat (expected positive integer, got {count})")
     if count > 1_000_000 or len(text) * count > MAX_STRING:
         raise _Fault("memory budget exceeded")
-    return text * count
+    return ctx.charge_text(text * count)
 
 
 def _b_split_after(args: list[object], ctx: _Context) -> object:
@@ -1303,11 +1398,15 @@ def _need_array(value: object, what: str = "") -> Sequence[object]:
 def _b_take(args: list[object], ctx: _Context) -> object:
     items = _need_array(args[0], "take from")
     count = _to_int(args[1], "take count")
-    return list(items[: max(count, 0)])
+    result = list(items[: max(count, 0)])
+    ctx.charge(len(result))
+    return result
 
 
 def _b_reverse(args: list[object], ctx: _Context) -> object:
-    return list(reversed(_need_array(args[0], "reverse")))
+    items = _need_array(args[0], "reverse")
+    ctx.charge(len(items))
+    return list(reversed(items))
 
 
 def _b_concat(args: list[object], ctx: _Context) -> object:
@@ -1335,11 +1434,33 @@ def _b_flatten(args: list[object], ctx: _Context) -> object:
 
 def _b_uniq(args: list[object], ctx: _Context) -> object:
     result: list[object] = []
-    for item in _need_array(args[0], "uniq"):
-        ctx.charge(len(result))
-        if not any(_equal(item, seen) for seen in result):
-            result.append(item)
+    seen_scalars: set[tuple[str, object]] = set()
+    seen_others: list[object] = []  # arrays, maps, times: compared one by one
+    items = _need_array(args[0], "uniq")
+    ctx.charge(len(items))
+    for item in items:
+        key = _scalar_key(item)
+        if key is not None:
+            if key in seen_scalars:
+                continue
+            seen_scalars.add(key)
+        else:
+            ctx.charge(len(seen_others))
+            if any(_equal(item, seen, ctx) for seen in seen_others):
+                continue
+            seen_others.append(item)
+        result.append(item)
     return result
+
+
+def _scalar_key(value: object) -> tuple[str, object] | None:
+    """A hashable key equal for values :func:`_equal` finds equal (1 and 1.0, but never 1 and
+    true), or None for values compared another way."""
+    if value is None or isinstance(value, bool | str):
+        return (_type_name(value), value)
+    if _is_number(value):
+        return ("number", value)
+    return None
 
 
 def _sortable(values: Sequence[object]) -> list[Any]:
@@ -1354,35 +1475,42 @@ def _sortable(values: Sequence[object]) -> list[Any]:
 
 def _b_sort(args: list[object], ctx: _Context) -> object:
     items = list(_need_array(args[0], "sort"))
+    ctx.charge(len(items))
     order = "asc" if len(args) < 2 else args[1]
     if order not in ("asc", "desc"):
-        raise _Fault(f"unknown order {_text(order)}, use asc or desc")
+        raise _Fault(f"unknown order {_brief(order)}, use asc or desc")
     keys = _sortable(items)
     positions = sorted(range(len(items)), key=keys.__getitem__, reverse=order == "desc")
     return [items[i] for i in positions]
 
 
 def _b_to_pairs(args: list[object], ctx: _Context) -> object:
-    return [[key, value] for key, value in _need_map(args[0]).items()]
+    mapping = _need_map(args[0])
+    ctx.charge(len(mapping))
+    return [[key, value] for key, value in mapping.items()]
 
 
 def _b_from_pairs(args: list[object], ctx: _Context) -> object:
     result: dict[Any, object] = {}
-    for pair in _need_array(args[0], "make a map from"):
+    pairs = _need_array(args[0], "make a map from")
+    ctx.charge(len(pairs))
+    first_keys: dict[Any, object] = {}
+    for pair in pairs:
         if not isinstance(pair, list | tuple) or len(pair) != 2:
-            raise _Fault(f"invalid pair {_text(pair)}: expected [key, value]")
+            raise _Fault(f"invalid pair {_brief(pair)}: expected [key, value]")
         key: Any = pair[0]
-        value: object = pair[1]
-        try:
-            result[key] = value
-        except TypeError:
-            raise _Fault(f"cannot use {_type_name(key)} as map key") from None
+        _check_key(first_keys, key)
+        result[key] = pair[1]
     return result
 
 
 def _b_to_json(args: list[object], ctx: _Context) -> object:
+    # Charged before anything walks the value: shared data (reduce's [#acc, #acc]) is
+    # exponentially bigger than it looks and self-referencing data never ends.
+    ctx.charge_value(args[0])
     try:
-        return _check_string(go_json_indent(go_json(_go_value(args[0]))))
+        compact = ctx.charge_text(go_json(_go_value(args[0])))
+        return ctx.charge_text(go_json_indent(compact, limit=MAX_STRING))
     except GoJSONError as exc:
         raise _Fault(str(exc)) from None
 
@@ -1390,9 +1518,11 @@ def _b_to_json(args: list[object], ctx: _Context) -> object:
 def _b_from_json(args: list[object], ctx: _Context) -> object:
     text = _need_string(args[0])
     try:
-        return json.loads(text, parse_int=float, parse_constant=_refuse_constant)
+        value = json.loads(text, parse_int=float, parse_constant=_refuse_constant)
     except ValueError as exc:
         raise _Fault(str(exc)) from None
+    ctx.charge_value(value)
+    return value
 
 
 def _refuse_constant(name: str) -> object:
@@ -1400,7 +1530,10 @@ def _refuse_constant(name: str) -> object:
 
 
 def _b_to_base64(args: list[object], ctx: _Context) -> object:
-    return base64.b64encode(_need_string(args[0]).encode()).decode()
+    text = _need_string(args[0])
+    if len(text) > MAX_STRING:  # the encoding is at least 4/3 as long: refuse before building
+        raise _Fault(f"string too long ({len(text)} characters, at most {MAX_STRING})")
+    return ctx.charge_text(base64.b64encode(text.encode()).decode())
 
 
 def _b_from_base64(args: list[object], ctx: _Context) -> object:
@@ -1408,7 +1541,7 @@ def _b_from_base64(args: list[object], ctx: _Context) -> object:
         raw = base64.b64decode(_need_string(args[0]).encode(), validate=True)
     except (binascii.Error, ValueError) as exc:
         raise _Fault(f"illegal base64 data: {exc}") from None
-    return raw.decode("utf-8", "replace")
+    return ctx.charge_text(raw.decode("utf-8", "replace"))
 
 
 def _bits(name: str, args: Sequence[object]) -> list[int]:
@@ -1466,10 +1599,17 @@ def _b_bitushr(args: list[object], ctx: _Context) -> object:
 
 
 def _b_now(args: list[object], ctx: _Context) -> object:
-    moment = GoTime.from_unix(ctx.clock(), load_location("Local"))
+    seconds = ctx.clock()
+    if not math.isfinite(seconds) or abs(seconds) > _MAX_CLOCK_SECONDS:
+        raise _Fault(f"the clock gives no usable time ({seconds})")
+    moment = GoTime.from_unix(seconds, load_location("Local"))
     if args:
         return GoTime(moment.nanos, _need_location(args[0], "now"))
     return moment
+
+
+# Go's time.Time reaches about 292 billion years either side of year 1.
+_MAX_CLOCK_SECONDS: Final = float(_I64 - 1)
 
 
 def _need_location(value: object, name: str) -> GoLocation:
@@ -1494,6 +1634,8 @@ def _b_date(args: list[object], ctx: _Context) -> object:
     if args[0] is None:
         raise _Fault("interface {} is nil, not string")
     text = _need_string(args[0])
+    # A step per character: parsing reads the layout chunk by chunk.
+    ctx.charge(sum(len(arg) for arg in args if isinstance(arg, str)))
     try:
         if len(args) == 3:
             location = load_location(_need_string(args[2]))
@@ -1526,6 +1668,11 @@ def _go_value(value: object) -> object:
     if _is_array(value):
         return [_go_value(item) for item in value]  # type: ignore[attr-defined]
     if isinstance(value, GoTime):
+        if not 0 <= value.year <= 9999:  # Go's Time.MarshalJSON refuses these years too
+            raise _Fault(
+                "json: error calling MarshalJSON for type time.Time: "
+                "Time.MarshalJSON: year outside of range [0,9999]"
+            )
         return format_time(value, "2006-01-02T15:04:05.999999999Z07:00")
     if isinstance(value, GoDuration):
         return value.nanos
@@ -2347,6 +2494,14 @@ class Expression:
             raise ExpressionError(str(fault), 0) from None
         except RecursionError:
             raise ExpressionError("data nested too deeply to evaluate", 0) from None
+        except ExpressionError:
+            raise
+        except Exception as exc:
+            # A safety net: every failure the interpreter knows of has its own message; one
+            # that slips through is still an error of this expression, never a crash.
+            raise ExpressionError(
+                f"cannot evaluate the expression: {type(exc).__name__}: {exc}", 0
+            ) from None
 
     def evaluate_bool(
         self, env: Mapping[str, object], *, clock: Callable[[], float] = time.time

@@ -133,15 +133,19 @@ def _encode_object(items: Iterable[tuple[Any, Any]], out: list[str]) -> None:
     out.append("}")
 
 
-def go_json_indent(text: str, indent: str = "  ") -> str:
+def go_json_indent(text: str, indent: str = "  ", *, limit: int | None = None) -> str:
     """Go's ``json.Indent(dst, text, "", indent)`` of compact JSON ``text``: what
     ``json.MarshalIndent`` writes (one element per line, ``": "`` after keys, empty arrays and
-    objects kept as ``[]`` and ``{}``)."""
+    objects kept as ``[]`` and ``{}``).
+
+    With ``limit``, output longer than ``limit`` characters raises :class:`GoJSONError` before
+    it is built: indentation grows with depth, so a small deep value can indent to gigabytes.
+    """
     out: list[str] = []
+    size = length = len(text)  # the output so far, bounded below by the input
     depth = 0
     in_string = False
     escaped = False
-    length = len(text)
     i = 0
     while i < length:
         char = text[i]
@@ -164,14 +168,20 @@ def go_json_indent(text: str, indent: str = "  ") -> str:
             else:
                 depth += 1
                 out.append(char + "\n" + indent * depth)
+                size += 1 + len(indent) * depth
         elif char in "]}":
             depth -= 1
             out.append("\n" + indent * depth + char)
+            size += 1 + len(indent) * depth
         elif char == ",":
             out.append(",\n" + indent * depth)
+            size += 1 + len(indent) * depth
         elif char == ":":
             out.append(": ")
+            size += 1
         else:
             out.append(char)
+        if limit is not None and size > limit:
+            raise GoJSONError(f"json: indented text too long (more than {limit} characters)")
         i += 1
     return "".join(out)

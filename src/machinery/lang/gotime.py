@@ -16,6 +16,7 @@ the interpreter calls methods on them.
 
 from __future__ import annotations
 
+import re
 import time as _time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -104,12 +105,22 @@ def load_location(name: str) -> GoLocation:
     if name == "Local":
         local = datetime.now().astimezone().tzinfo
         return GoLocation("Local", local or UTC)
-    if name.startswith("/") or ".." in name.split("/"):
-        raise TimeError(f"unknown time zone {name}")
+    # Go's rules: no "..", no absolute path. Also no NUL, and no name longer than a path can
+    # be (the OS would refuse it with an error of its own).
+    if name.startswith(("/", "\\")) or ".." in name or "\0" in name or len(name) > _MAX_ZONE_NAME:
+        raise TimeError(f"unknown time zone {_shown(name)}")
     try:
         return GoLocation(name, ZoneInfo(name))
-    except (ZoneInfoNotFoundError, ValueError):
-        raise TimeError(f"unknown time zone {name}") from None
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a directory ("Europe")
+        raise TimeError(f"unknown time zone {_shown(name)}") from None
+
+
+_MAX_ZONE_NAME = 255
+
+
+def _shown(text: str, limit: int = 100) -> str:
+    """``text`` for an error message: at most ``limit`` characters."""
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,11 +142,21 @@ class GoDuration:
             "Microseconds": lambda: _trunc_div(n, 1_000),
             "Nanoseconds": lambda: n,
             "String": lambda: str(self),
-            "Abs": lambda: GoDuration(abs(n)),
+            # Go's Abs of the most negative duration is the most positive one.
+            "Abs": lambda: GoDuration(min(abs(n), _MAX_DURATION)),
             "Truncate": lambda m: GoDuration(n if _nanos(m) <= 0 else n - _trunc_mod(n, _nanos(m))),
             "Round": lambda m: GoDuration(_round_duration(n, _nanos(m))),
         }
         return methods.get(name)
+
+
+_MAX_DURATION = (1 << 63) - 1
+
+
+def clamp_duration(nanos: int) -> int:
+    """Go's ``Time.Sub``: a difference past what a Duration holds is the largest (or smallest)
+    Duration, never a wrapped or unbounded one."""
+    return max(-_MAX_DURATION - 1, min(nanos, _MAX_DURATION))
 
 
 def _nanos(value: object) -> int:
@@ -193,14 +214,16 @@ class GoTime:
     def wall(self) -> tuple[datetime, int]:
         """The wall clock (to the second) in this time's location, and how many years to take
         off its ``year``: Python's dates start at year 1, Go's reach before it (``date("15:04")``
-        is in year 0), so earlier instants are moved by whole 400-year cycles, which keep the
-        calendar and the weekdays."""
+        is in year 0), and end at year 9999, so instants outside are moved by whole 400-year
+        cycles, which keep the calendar and the weekdays (a negative shift moves forward)."""
         seconds = self.nanos // _NANOS
-        shift = 0
-        while seconds < _EARLIEST:
-            seconds += _CYCLE_SECONDS
-            shift += 400
-        return _EPOCH.astimezone(UTC) + timedelta(seconds=seconds), shift
+        cycles = 0  # Python's dates end at year 9999 too: later instants move back
+        if seconds < _EARLIEST:
+            cycles = -((seconds - _EARLIEST) // _CYCLE_SECONDS)
+        elif seconds > _LATEST:
+            cycles = -((seconds - _LATEST + _CYCLE_SECONDS - 1) // _CYCLE_SECONDS)
+        moment = _EPOCH + timedelta(seconds=seconds + cycles * _CYCLE_SECONDS)
+        return moment, cycles * 400
 
     def local(self) -> datetime:
         """The wall clock in this time's location (years before 1 shifted, see :meth:`wall`)."""
@@ -238,7 +261,7 @@ class GoTime:
             "UTC": lambda: GoTime(self.nanos, UTC_LOCATION),
             "Local": lambda: GoTime(self.nanos, load_location("Local")),
             "Add": lambda d: GoTime(self.nanos + _nanos(d), self.location),
-            "Sub": lambda t: GoDuration(self.nanos - _time_arg(t).nanos),
+            "Sub": lambda t: GoDuration(clamp_duration(self.nanos - _time_arg(t).nanos)),
             "AddDate": self.add_date,
             "Before": lambda t: self.nanos < _time_arg(t).nanos,
             "After": lambda t: self.nanos > _time_arg(t).nanos,
@@ -251,16 +274,29 @@ class GoTime:
         }
         return methods.get(name)
 
-    def add_date(self, years: int, months: int, days: int) -> GoTime:
-        local = self.local()
+    def add_date(self, years: object, months: object, days: object) -> GoTime:
+        for value in (years, months, days):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TimeError(f"expected ints (years, months, days), got {type(value).__name__}")
+        assert isinstance(years, int) and isinstance(months, int) and isinstance(days, int)
+        # In the wall clock's frame (see wall()): 400-year cycles keep the calendar.
+        moment, shift = self.wall()
+        local = moment.astimezone(self.location.zone)
         month_index = local.month - 1 + months
         year = local.year + years + month_index // 12
         month = month_index % 12 + 1
-        # Go normalises overflowing days (Jan 31 + 1 month is Mar 3), as date arithmetic does.
-        first = datetime(year, month, 1, local.hour, local.minute, local.second)
-        wall = first + timedelta(days=local.day - 1 + days)
-        moved = wall.replace(tzinfo=self.location.zone)
-        seconds = int(moved.timestamp())
+        try:
+            # Go normalises overflowing days (Jan 31 + 1 month is Mar 3), as date arithmetic
+            # does.
+            first = datetime(year, month, 1, local.hour, local.minute, local.second)
+            wall = first + timedelta(days=local.day - 1 + days)
+            moved = wall.replace(tzinfo=self.location.zone)
+            seconds = int(moved.timestamp())
+        except (OverflowError, ValueError):
+            raise TimeError(
+                f"date out of range (adding {years} years, {months} months, {days} days)"
+            ) from None
+        seconds -= shift // 400 * _CYCLE_SECONDS
         return GoTime(seconds * _NANOS + self.nanosecond, self.location)
 
     def _truncate(self, step: int) -> int:
@@ -276,6 +312,8 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # Two days after the zero time: the earliest instant shown without shifting (zones reach +-1 day).
 _EARLIEST = -62135596800 + 2 * 86400
 _CYCLE_SECONDS = 146097 * 86400  # 400 Gregorian years, a whole number of weeks
+# Two days before the end of year 9999: the latest instant shown without shifting.
+_LATEST = int(datetime(9999, 12, 30, tzinfo=UTC).timestamp())
 
 
 def _string(value: object) -> str:
@@ -343,43 +381,45 @@ _STD_PREFIXES: tuple[tuple[str, str], ...] = (
 )
 
 
+# Where a std chunk may start: a fraction (".000", ",999" not followed by a digit) or a prefix,
+# tried in _STD_PREFIXES' order as Go does. One regular expression scans a layout in linear time
+# (a layout can be a MiB of text from the data).
+_STD_CHUNK = re.compile(
+    # The lookahead on the first characters lets the scan skip literal text quickly.
+    "(?=[" + re.escape("".join(sorted({p[0] for p, _ in _STD_PREFIXES} | {".", ","}))) + "])"
+    r"(?:(?P<frac>[.,](?:0+|9+))(?![0-9])|"
+    + "|".join(f"(?P<k{i}>{re.escape(prefix)})" for i, (prefix, _) in enumerate(_STD_PREFIXES))
+    + ")"
+)
+
+
 def _chunks(layout: str) -> list[tuple[str, str]]:
     """Split a layout into ``(kind, text)``: kind "" for literal text."""
     out: list[tuple[str, str]] = []
-    literal: list[str] = []
-    i = 0
-    while i < len(layout):
-        found = None
-        char = layout[i]
-        if char in ".," and i + 1 < len(layout) and layout[i + 1] in "09":
-            digit = layout[i + 1]
-            j = i + 1
-            while j < len(layout) and layout[j] == digit:
-                j += 1
-            if not (j < len(layout) and layout[j].isdigit()):
-                found = ("frac0" if digit == "0" else "frac9", layout[i:j])
-        if found is None:
-            for prefix, kind in _STD_PREFIXES:
-                if layout.startswith(prefix, i):
-                    if kind == "_year":
-                        # "_2006" is a literal underscore followed by the year.
-                        literal.append("_")
-                        i += 1
-                        found = ("year", "2006")
-                        break
-                    found = (kind, prefix)
-                    break
-        if found is None:
-            literal.append(char)
-            i += 1
-            continue
-        if literal:
-            out.append(("", "".join(literal)))
-            literal = []
-        out.append(found)
-        i += len(found[1])
-    if literal:
-        out.append(("", "".join(literal)))
+    literal_start = 0
+    position = 0
+    while True:
+        match = _STD_CHUNK.search(layout, position)
+        if match is None:
+            break
+        text = match.group()
+        start = match.start()
+        if match.group("frac") is not None:
+            # ".000" is a fraction only when its digits are all the same ("0" or "9").
+            kind = "frac0" if text[1] == "0" else "frac9"
+        else:
+            kind = _STD_PREFIXES[int(match.lastgroup[1:])][1]  # type: ignore[index]
+            if kind == "_year":
+                # "_2006" is a literal underscore followed by the year.
+                start += 1
+                text = "2006"
+                kind = "year"
+        if start > literal_start:
+            out.append(("", layout[literal_start:start]))
+        out.append((kind, text))
+        position = literal_start = start + len(text)
+    if literal_start < len(layout):
+        out.append(("", layout[literal_start:]))
     return out
 
 
@@ -475,114 +515,127 @@ def _format_offset(kind: str, offset: int) -> str:
 
 
 def parse_time(layout: str, value: str, location: GoLocation = UTC_LOCATION) -> GoTime:
-    """``time.ParseInLocation(layout, value, location)``; :class:`TimeError` when it fails."""
+    """``time.ParseInLocation(layout, value, location)``; :class:`TimeError` when it fails.
+
+    It reads ``value`` by position, never by slicing off what it has read: a layout of many
+    chunks against a long value stays linear.
+    """
     fields: dict[str, int] = {}
     offset: int | None = None
     pm: bool | None = None
     nanos = 0
-    rest = value
+    at = 0  # where the rest of ``value`` starts
+    length = len(value)
+
+    def fail() -> TimeError:
+        return _parse_error(layout, value, value[at:])
+
     chunks = _chunks(layout)
     for index, (kind, text) in enumerate(chunks):
         if kind == "":
-            if not rest.startswith(text):
-                raise _parse_error(layout, value, rest)
-            rest = rest[len(text) :]
+            if not value.startswith(text, at):
+                raise fail()
+            at += len(text)
             continue
         if kind in ("year", "year2"):
             digits = 4 if kind == "year" else 2
-            number, rest = _digits(rest, digits, digits, layout, value)
+            number, at = _digits(value, at, digits, digits, fail)
             fields["year"] = (
                 number if kind == "year" else (1900 + number if number >= 69 else 2000 + number)
             )
         elif kind in ("month_long", "month_short"):
-            number, rest = _name(rest, _MONTHS, kind == "month_short", layout, value)
+            number, at = _name(value, at, _MONTHS, kind == "month_short", fail)
             fields["month"] = number + 1
         elif kind in ("weekday_long", "weekday_short"):
-            _, rest = _name(rest, _DAYS, kind == "weekday_short", layout, value)
+            _, at = _name(value, at, _DAYS, kind == "weekday_short", fail)
         elif kind in ("month_num", "month_zero"):
-            number, rest = _digits(rest, 1 if kind == "month_num" else 2, 2, layout, value)
+            number, at = _digits(value, at, 1 if kind == "month_num" else 2, 2, fail)
             fields["month"] = number
         elif kind in ("day", "day_under", "day_zero"):
-            if kind == "day_under" and rest.startswith(" "):
-                rest = rest[1:]
-            number, rest = _digits(rest, 1 if kind != "day_zero" else 2, 2, layout, value)
+            if kind == "day_under" and value.startswith(" ", at):
+                at += 1
+            number, at = _digits(value, at, 1 if kind != "day_zero" else 2, 2, fail)
             fields["day"] = number
         elif kind in ("yday_zero", "yday_under"):
-            number, rest = _digits(
-                rest.lstrip(" ") if kind == "yday_under" else rest, 1, 3, layout, value
-            )
+            if kind == "yday_under":
+                while at < length and value[at] == " ":
+                    at += 1
+            number, at = _digits(value, at, 1, 3, fail)
             fields["yday"] = number
         elif kind in ("hour", "hour12", "hour12_zero"):
-            number, rest = _digits(rest, 1 if kind == "hour12" else 2, 2, layout, value)
+            number, at = _digits(value, at, 1 if kind == "hour12" else 2, 2, fail)
             fields["hour"] = number
         elif kind in ("minute", "minute_zero"):
-            number, rest = _digits(rest, 1 if kind == "minute" else 2, 2, layout, value)
+            number, at = _digits(value, at, 1 if kind == "minute" else 2, 2, fail)
             fields["minute"] = number
         elif kind in ("second", "second_zero"):
-            number, rest = _digits(rest, 1 if kind == "second" else 2, 2, layout, value)
+            number, at = _digits(value, at, 1 if kind == "second" else 2, 2, fail)
             fields["second"] = number
             # Go accepts a fractional second after the seconds even when the layout has none.
             following = chunks[index + 1][0] if index + 1 < len(chunks) else ""
-            if rest[:1] in (".", ",") and rest[1:2].isdigit() and not following.startswith("frac"):
-                end = 1
-                while end < len(rest) and rest[end].isdigit():
-                    end += 1
-                nanos = _fraction_nanos(rest[1:end])
-                rest = rest[end:]
+            if (
+                value[at : at + 1] in (".", ",")
+                and value[at + 1 : at + 2].isdigit()
+                and not following.startswith("frac")
+            ):
+                end = _digits_end(value, at + 1)
+                nanos = _fraction_nanos(value[at + 1 : min(end, at + 10)])
+                at = end
         elif kind.startswith("frac"):
-            if rest[:1] not in (".", ","):
+            if value[at : at + 1] not in (".", ","):
                 if kind == "frac9":
                     continue
-                raise _parse_error(layout, value, rest)
-            end = 1
-            while end < len(rest) and rest[end].isdigit():
-                end += 1
-            if kind == "frac0" and end != len(text):
-                raise _parse_error(layout, value, rest)
-            nanos = _fraction_nanos(rest[1:end])
-            rest = rest[end:]
+                raise fail()
+            end = _digits_end(value, at + 1)
+            if kind == "frac0" and end - at != len(text):
+                raise fail()
+            nanos = _fraction_nanos(value[at + 1 : min(end, at + 10)])
+            at = end
         elif kind in ("PM", "pm"):
-            marker = rest[:2].upper()
+            marker = value[at : at + 2].upper()
             if marker not in ("AM", "PM"):
-                raise _parse_error(layout, value, rest)
+                raise fail()
             pm = marker == "PM"
-            rest = rest[2:]
+            at += 2
         elif kind == "tz":
-            if rest.startswith("UTC"):
+            if value.startswith("UTC", at):
                 offset = 0 if offset is None else offset
-                rest = rest[3:]
+                at += 3
             else:
-                end = 0
-                while end < len(rest) and rest[end].isalpha() and rest[end].isupper():
+                end = at
+                while end < length and value[end].isalpha() and value[end].isupper():
                     end += 1
-                if end < 3:
-                    raise _parse_error(layout, value, rest)
-                rest = rest[end:]
+                if end - at < 3:
+                    raise fail()
+                at = end
         else:  # numeric offsets
-            if kind.startswith("iso_") and rest.startswith("Z"):
+            if kind.startswith("iso_") and value.startswith("Z", at):
                 offset = 0
-                rest = rest[1:]
+                at += 1
                 continue
-            offset, rest = _offset(kind.split("_", 1)[1], rest, layout, value)
-    if rest:
-        raise TimeError(f'parsing time "{value}": extra text: "{rest}"')
+            offset, at = _offset(kind.split("_", 1)[1], value, at, fail)
+    if at < length:
+        raise TimeError(f'parsing time "{_shown(value)}": extra text: "{_shown(value[at:])}"')
     hour = fields.get("hour", 0)
     if pm is not None:
         if hour > 12:
-            raise TimeError(f'parsing time "{value}": hour out of range')
+            raise TimeError(f'parsing time "{_shown(value)}": hour out of range')
         hour = hour % 12 + (12 if pm else 0)
     year = fields.get("year", 0)
     month = fields.get("month", 1)
     day = fields.get("day", 1)
     try:
         if "yday" in fields and "month" not in fields and "day" not in fields:
+            leap = year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+            if not 1 <= fields["yday"] <= 365 + leap:
+                raise ValueError("day-of-year out of range")
             civil = datetime(max(year, 1), 1, 1) + timedelta(days=fields["yday"] - 1)
             month, day = civil.month, civil.day
         wall = datetime(
             max(year, 1), month, day, hour, fields.get("minute", 0), fields.get("second", 0)
         )
-    except ValueError as exc:
-        raise TimeError(f'parsing time "{value}": {exc}') from None
+    except (ValueError, OverflowError) as exc:
+        raise TimeError(f'parsing time "{_shown(value)}": {exc}') from None
     if offset is not None:
         zone: tzinfo = timezone(timedelta(seconds=offset))
         shown = location
@@ -599,45 +652,63 @@ def parse_time(layout: str, value: str, location: GoLocation = UTC_LOCATION) -> 
 
 
 def _parse_error(layout: str, value: str, rest: str) -> TimeError:
-    return TimeError(f'parsing time "{value}" as "{layout}": cannot parse "{rest}"')
+    return TimeError(
+        f'parsing time "{_shown(value)}" as "{_shown(layout)}": cannot parse "{_shown(rest)}"'
+    )
 
 
-def _digits(text: str, fewest: int, most: int, layout: str, value: str) -> tuple[int, str]:
-    end = 0
-    while end < len(text) and end < most and text[end].isdigit():
+def _digits_end(text: str, start: int) -> int:
+    end = start
+    while end < len(text) and text[end].isdigit():
         end += 1
-    if end < fewest:
-        raise _parse_error(layout, value, text)
-    return int(text[:end]), text[end:]
+    return end
 
 
-def _name(text: str, names: Sequence[str], short: bool, layout: str, value: str) -> tuple[int, str]:
+def _digits(
+    text: str, at: int, fewest: int, most: int, fail: Callable[[], TimeError]
+) -> tuple[int, int]:
+    end = at
+    while end < len(text) and end - at < most and text[end].isdigit():
+        end += 1
+    if end - at < fewest:
+        raise fail()
+    return int(text[at:end]), end
+
+
+def _name(
+    text: str, at: int, names: Sequence[str], short: bool, fail: Callable[[], TimeError]
+) -> tuple[int, int]:
     for index, full in enumerate(names):
         name = full[:3] if short else full
-        if text[: len(name)].lower() == name.lower():
-            return index, text[len(name) :]
-    raise _parse_error(layout, value, text)
+        if text[at : at + len(name)].lower() == name.lower():
+            return index, at + len(name)
+    raise fail()
 
 
-def _offset(style: str, text: str, layout: str, value: str) -> tuple[int, str]:
-    sign = text[:1]
+def _offset(style: str, text: str, at: int, fail: Callable[[], TimeError]) -> tuple[int, int]:
+    sign = text[at : at + 1]
     if sign not in ("+", "-"):
-        raise _parse_error(layout, value, text)
-    body = text[1:]
+        raise fail()
     pattern = {"hh": "00", "hhmm": "0000", "hh_mm": "00:00", "hhmmss": "000000"}.get(
         style, "00:00:00"
     )
-    candidate = body[: len(pattern)]
+    candidate = text[at + 1 : at + 1 + len(pattern)]
     if len(candidate) != len(pattern) or any(
         (p == ":") != (c == ":") or (p == "0" and not c.isdigit())
         for p, c in zip(pattern, candidate, strict=True)
     ):
-        raise _parse_error(layout, value, text)
+        raise fail()
     digits = candidate.replace(":", "")
     hours, minutes = int(digits[:2]), int(digits[2:4] or 0)
     seconds = int(digits[4:6] or 0)
+    # Go refuses hours past 24 and minutes or seconds past 60; a whole day or more is past
+    # what a zone offset can be here too.
     total = hours * 3600 + minutes * 60 + seconds
-    return (-total if sign == "-" else total), body[len(pattern) :]
+    if hours > 24 or minutes > 60 or seconds > 60 or total >= 86400:
+        raise TimeError(
+            f'parsing time "{_shown(text)}": time zone offset {sign}{candidate} out of range'
+        )
+    return (-total if sign == "-" else total), at + 1 + len(pattern)
 
 
 def _fraction_nanos(digits: str) -> int:

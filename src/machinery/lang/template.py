@@ -1554,7 +1554,9 @@ def _lower_in_word(text: str, index: int) -> str:
     if ch != "\u03a3":
         return ch.lower()
     # Greek capital sigma: final form unless a cased letter follows (after case-ignorables).
-    for following in text[index + 1 :]:
+    # By position, not over a slice: a copy of the rest per sigma made long text quadratic.
+    for position in range(index + 1, len(text)):
+        following = text[position]
         if _is_cased(following):
             return "\u03c3"
         ignorable = following in _MID_CHARACTERS or unicodedata.category(following) in (

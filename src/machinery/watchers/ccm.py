@@ -23,6 +23,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -50,10 +51,17 @@ _NOT_INSTALLED = (
     "the ccm command is not installed (looked in PATH and the machine directory): "
     "ccm_manifest needs Choria's Configuration Manager, https://choria-cm.dev"
 )
+# Spaces and tabs only, never \s: \s crosses lines, and on output of many blank lines every
+# line start then rescanned all the rest (a megabyte of newlines took hours).
 _SUMMARY_LINE = re.compile(
-    r"^\s*(Total Resources|Stable Resources|Changed Resources|Total Errors):\s*(\d+)\s*$",
+    r"^[ \t]*(Total Resources|Stable Resources|Changed Resources|Total Errors):"
+    r"[ \t]*([0-9]+)[ \t]*\r?$",
     re.MULTILINE,
 )
+# A count longer than this is no count ccm printed (and int() refuses 4300 digits).
+_MAX_COUNT_DIGITS = 18
+# A manifest file larger than this is refused rather than copied for ccm.
+MAX_MANIFEST_BYTES = 16 * 1024 * 1024
 
 
 class CcmManifestProperties(WatcherProperties):
@@ -99,6 +107,8 @@ def parse_summary(output: str) -> CcmSummary | None:
     if "Manifest Run Summary" not in output:
         return None
     counts = dict(_SUMMARY_LINE.findall(output.rpartition("Manifest Run Summary")[2]))
+    if any(len(count) > _MAX_COUNT_DIGITS for count in counts.values()):
+        return None
     try:
         return CcmSummary(
             total=int(counts["Total Resources"]),
@@ -108,6 +118,18 @@ def parse_summary(output: str) -> CcmSummary | None:
         )
     except KeyError:
         return None
+
+
+def _shown(name: str) -> str:
+    """A file name for a message: as it is, or quoted when it holds newlines or other
+    unprintable characters that would forge or break log lines."""
+    return name if name.isprintable() else repr(name)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc)
 
 
 class CcmManifestWatcher(PolledWatcher[CcmManifestProperties]):
@@ -196,13 +218,44 @@ class CcmManifestWatcher(PolledWatcher[CcmManifestProperties]):
         path = directory / os.path.basename(self.properties.manifest_file)
         try:
             resolved = path.resolve(strict=True)
-        except OSError as exc:
-            return f"could not read manifest file {path.name}: {exc.strerror or exc}"
+        except (OSError, ValueError) as exc:  # ValueError: a NUL in the name
+            return f"could not read manifest file {_shown(path.name)}: {_reason(exc)}"
         if not resolved.is_relative_to(directory.resolve()):
-            return f"manifest file {path.name} resolves outside the machine directory"
+            return f"manifest file {_shown(path.name)} resolves outside the machine directory"
         if not resolved.is_file():
-            return f"manifest file {path.name} is not a regular file"
+            return f"manifest file {_shown(path.name)} is not a regular file"
         return resolved
+
+    def _read_manifest(self, resolved: Path) -> bytes:
+        """The content of the manifest file, read once through one descriptor that is checked
+        to be a regular file inside the machine directory: ccm gets a copy, so a link swapped
+        after the checks above cannot point it elsewhere. Raises OSError with the reason."""
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+        descriptor = os.open(resolved, flags)  # resolved has no links left: a new one fails
+        try:
+            info = os.fstat(descriptor)
+            if not stat.S_ISREG(info.st_mode):
+                raise OSError(f"manifest file {_shown(resolved.name)} is not a regular file")
+            if info.st_size > MAX_MANIFEST_BYTES:
+                raise OSError(
+                    f"manifest file {_shown(resolved.name)} is larger than {MAX_MANIFEST_BYTES} bytes"
+                )
+            opened = Path(f"/proc/self/fd/{descriptor}")
+            if opened.exists():  # Linux: where the descriptor really is, after any swap
+                where = Path(os.readlink(opened))
+                if not where.is_relative_to(Path(self.machine.directory).resolve()):
+                    raise OSError(
+                        f"manifest file {_shown(resolved.name)} moved outside the machine directory"
+                    )
+            with os.fdopen(descriptor, "rb", closefd=False) as handle:
+                content = handle.read(MAX_MANIFEST_BYTES + 1)
+        finally:
+            os.close(descriptor)
+        if len(content) > MAX_MANIFEST_BYTES:
+            raise OSError(
+                f"manifest file {_shown(resolved.name)} is larger than {MAX_MANIFEST_BYTES} bytes"
+            )
+        return content
 
     def _working_directory(self) -> Path:
         """Where relative sources in the manifest resolve, as Choria derives it."""
@@ -220,7 +273,16 @@ class CcmManifestWatcher(PolledWatcher[CcmManifestProperties]):
         try:
             if manifest is None:
                 manifest = Path(scratch, "manifest.json")
-                manifest.write_text(json.dumps(self.properties.manifest))
+                try:
+                    # allow_nan=False: NaN is no JSON ccm could read.
+                    text = json.dumps(self.properties.manifest, allow_nan=False)
+                except (TypeError, ValueError) as exc:  # a YAML date, NaN, ...
+                    return "error", f"the inline manifest cannot be written as JSON: {exc}"
+                manifest.write_text(text)
+            else:
+                content = self._read_manifest(manifest)
+                manifest = Path(scratch, "manifest" + manifest.suffix)
+                manifest.write_bytes(content)
             facts = Path(scratch, "facts.json")
             facts.write_text(machine.facts.as_json())
             data = Path(scratch, "hiera.json")
