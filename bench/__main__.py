@@ -30,6 +30,7 @@ SCENARIOS = {
     "scale": "bench.scale",
     "simulation": "bench.simulation",
     "nats": "bench.nats_publish",
+    "footprint": "bench.footprint",
 }
 
 
