@@ -30,7 +30,7 @@ from machinery.api.guard import RequestGuard, token_dependency
 from machinery.api.kv import router as kv_router
 from machinery.core.machine import Machine
 from machinery.events.bus import SubscriberLimitError, event_query
-from machinery.events.cloudevents import encode_cloudevent
+from machinery.events.cloudevents import shared_cloudevent
 from machinery.nats.connection import redact_url
 from machinery.spec.graph import to_dot
 
@@ -390,7 +390,7 @@ def create_app(agent: Agent) -> FastAPI:
                     yield {
                         "id": str(sequence),
                         "event": "machine",
-                        "data": encode_cloudevent(event),
+                        "data": shared_cloudevent(event)[1],
                     }
             finally:
                 await subscription.__aexit__(None, None, None)
