@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import sys
@@ -150,6 +149,8 @@ def run(
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Run machines in the foreground until interrupted (SIGINT/SIGTERM stop them cleanly)."""
+    import asyncio
+
     from machinery.agent.run import RunOptions, run_machines
     from machinery.core.loop import install_child_watcher
 
