@@ -31,6 +31,7 @@ SCENARIOS = {
     "simulation": "bench.simulation",
     "nats": "bench.nats_publish",
     "fleet": "bench.fleet",
+    "footprint": "bench.footprint",
 }
 
 

@@ -233,7 +233,7 @@ def run(quick: bool) -> Result:
         and details["dashboard_states_wrong"] == 0
     )
     return Result(
-        scenario=f"10. fleet: {nodes} nodes x 10 machines",
+        scenario=f"11. fleet: {nodes} nodes x 10 machines",
         figure=(
             f"ls p99 {ls_p99 * 1000:.0f} ms (all answered), transition in batches of 100 "
             f"{details['transition_s']:.2f} s ({details['transition_done']} done), dashboard "

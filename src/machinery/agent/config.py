@@ -16,14 +16,14 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, SettingsConfigDict
 
 from machinery.spec.types import Duration
 
 __all__ = [
+    "AGENT_FILE",
     "DEFAULT_CONFIG_FILE",
     "ConfigError",
     "ControlSettings",
@@ -37,6 +37,9 @@ __all__ = [
 
 DEFAULT_CONFIG_FILE = Path("/etc/machinery/machinery.toml")
 ENV_PREFIX = "MACHINERY_"
+# What a running agent writes into its state directory (pid, API URL, version): how the
+# command line finds it.
+AGENT_FILE = "agent.json"
 
 
 def default_identity() -> str:
@@ -128,7 +131,7 @@ class HttpSettings(_Section):
 class NatsSettings(_Section):
     """The NATS broker; with no servers the agent runs embedded, without a broker."""
 
-    servers: Annotated[list[str], NoDecode] = Field(
+    servers: list[str] = Field(
         default_factory=list, description="nats:// URLs (comma-separated in the environment)"
     )
     user: str | None = None
@@ -194,16 +197,10 @@ class SpoolSettings(_Section):
     max_age: Duration = Field(7 * 86400.0)
 
 
-class Settings(BaseSettings):
+class Settings(BaseModel):
     """Every agent setting (see docs/agent.md)."""
 
-    model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX,
-        env_nested_delimiter="__",
-        extra="forbid",
-        case_sensitive=False,
-        validate_default=False,
-    )
+    model_config = ConfigDict(extra="forbid", validate_default=False)
 
     identity: str = Field(default_factory=default_identity, description="this node's identity")
     store: Path | None = Field(None, description="directory of machine directories")
@@ -313,22 +310,52 @@ def load_settings(
 
 
 def _env_values(environ: Mapping[str, str]) -> dict[str, Any]:
-    relevant = {k: v for k, v in environ.items() if k.upper().startswith(ENV_PREFIX)}
-    source = EnvSettingsSource(Settings)
-    source.env_vars = {k.lower(): v for k, v in relevant.items()}
-    try:
-        values: dict[str, Any] = source()
-    except Exception as exc:  # pydantic-settings raises SettingsError for bad JSON values
-        raise ConfigError(f"invalid environment setting: {exc}") from exc
+    """``MACHINERY_NAME`` and ``MACHINERY_SECTION__NAME`` variables (any case) as nested
+    values. A whole section may be given as a JSON object (``MACHINERY_HTTP='{...}'``), merged
+    under its ``__`` variables; every other value is a string for the model to convert."""
+    relevant = {
+        key[len(ENV_PREFIX) :].lower(): value
+        for key, value in environ.items()
+        if key.upper().startswith(ENV_PREFIX) and key.upper() != ENV_PREFIX + "CONFIG"
+    }
     unknown = sorted(
-        key
+        ENV_PREFIX + key.upper()
         for key in relevant
-        if key.upper() != ENV_PREFIX + "CONFIG"
-        and key[len(ENV_PREFIX) :].lower().split("__")[0] not in Settings.model_fields
+        if key.split("__")[0] not in Settings.model_fields
     )
     if unknown:
         raise ConfigError(f"unknown setting in the environment: {', '.join(unknown)}")
+    values: dict[str, Any] = {}
+    # Whole sections first, so that their single-setting variables win.
+    for key in sorted(relevant, key=lambda name: name.count("__")):
+        path = key.split("__")
+        value: Any = relevant[key]
+        if len(path) == 1 and _is_section(path[0]):
+            try:
+                value = json.loads(value)
+            except ValueError as exc:
+                raise ConfigError(
+                    f"invalid environment setting: {ENV_PREFIX}{key.upper()} is not JSON: {exc}"
+                ) from None
+            if not isinstance(value, dict):
+                raise ConfigError(
+                    f"invalid environment setting: {ENV_PREFIX}{key.upper()} must be a JSON object"
+                )
+            _merge(values, {path[0]: value})
+        else:
+            _merge(values, _nested(path, value))
     return values
+
+
+def _is_section(name: str) -> bool:
+    annotation = Settings.model_fields[name].annotation
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+def _nested(path: list[str], value: Any) -> dict[str, Any]:
+    nested: dict[str, Any] = {}
+    _set(nested, path, value)
+    return nested
 
 
 def _explain(exc: ValidationError, sources: Mapping[str, str]) -> str:

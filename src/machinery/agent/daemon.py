@@ -24,13 +24,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import anyio
-
 from machinery import __version__
-from machinery.agent.config import ConfigError, LoadedSettings, Settings, load_settings
+from machinery.agent.config import (
+    AGENT_FILE,
+    ConfigError,
+    LoadedSettings,
+    Settings,
+    load_settings,
+)
 from machinery.agent.host import MachineGroup
 from machinery.agent.metrics import AgentMetrics
-from machinery.agent.spool import EventSpool
 from machinery.agent.state import DamagedDatabase, StateDB, StateWriter
 from machinery.agent.store import StoreManager
 from machinery.core.atomic import atomic_write
@@ -43,16 +46,18 @@ from machinery.core.process import ProcessRunner
 from machinery.events.bus import EventBus
 from machinery.events.sinks import ConsoleNotifier
 from machinery.nats.connection import BrokerConnection
-from machinery.nats.publisher import EventPublisher
 from machinery.spec.validate import Manifest
 from machinery.watchers.registry import WatcherRegistry, default_registry
 
-if TYPE_CHECKING:  # started only when NATS is configured
+if TYPE_CHECKING:  # loaded only when used: NATS configured, the HTTP API serving
+    import anyio
+
+    from machinery.agent.spool import EventSpool
+    from machinery.nats.publisher import EventPublisher
     from machinery.nats.service import FleetService
 
 __all__ = ["AGENT_FILE", "Agent", "AgentError"]
 
-AGENT_FILE = "agent.json"
 # Seconds between the store's first load and freezing the heap: the machines start their
 # watchers (tasks, timers) meanwhile, so those are frozen too.
 HEAP_FREEZE_DELAY = 2.0
@@ -150,6 +155,9 @@ class Agent:
         if settings.signing_key:
             self.node.provide("signing-key", settings.signing_key)
         if self.broker.enabled:
+            from machinery.agent.spool import EventSpool
+            from machinery.nats.publisher import EventPublisher
+
             self.spool = EventSpool(
                 self.db.path,
                 self.writer,
@@ -178,7 +186,7 @@ class Agent:
             on_started=self._machine_started,
             on_removed=self._machine_removed,
         )
-        self.sse_shutdown = anyio.Event()
+        self.sse_shutdown = _anyio_event() if settings.http.enabled else None
         signals = contextlib.ExitStack()
         if self._install_signals:
             signals.enter_context(handle_signals(self.stop))
@@ -475,6 +483,13 @@ class Agent:
             "spool_depth": self.spool.depth if self.spool is not None else 0,
             "state_write_errors": self.writer.errors if self.writer else 0,
         }
+
+
+def _anyio_event() -> anyio.Event:
+    # The HTTP stack's event type; anyio comes with it, so it is imported only with the API.
+    import anyio
+
+    return anyio.Event()
 
 
 def run_agent(config_file: Path | None, flags: dict[str, Any]) -> int:

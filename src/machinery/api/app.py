@@ -33,7 +33,7 @@ from machinery.api.streams import StreamSlots
 from machinery.core.clock import SystemClock
 from machinery.core.machine import Machine
 from machinery.events.bus import SubscriberLimitError, event_query
-from machinery.events.cloudevents import encode_cloudevent
+from machinery.events.cloudevents import shared_cloudevent
 from machinery.nats.connection import redact_url
 from machinery.spec.graph import to_dot
 
@@ -372,7 +372,7 @@ def create_app(agent: Agent) -> FastAPI:
                     yield {
                         "id": str(sequence),
                         "event": "machine",
-                        "data": encode_cloudevent(event),
+                        "data": shared_cloudevent(event)[1],
                     }
             finally:
                 streams.give()

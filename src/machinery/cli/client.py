@@ -10,9 +10,6 @@ from typing import Any
 
 import httpx
 
-from machinery.agent.config import ConfigError, load_settings
-from machinery.agent.daemon import AGENT_FILE
-
 __all__ = ["AgentClient", "ClientError", "default_agent_url"]
 
 
@@ -22,6 +19,9 @@ class ClientError(Exception):
 
 def default_agent_url() -> str:
     """The local agent: from its state directory's agent.json, else its configured listener."""
+    # Only here: a command given the agent's URL reads no agent settings at all.
+    from machinery.agent.config import AGENT_FILE, ConfigError, load_settings
+
     try:
         settings = load_settings().settings
     except ConfigError:

@@ -2,23 +2,78 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+from typer.core import TyperGroup
 
 from machinery import __version__
 from machinery.cli.natsclient import CredentialsOption
-from machinery.spec.diagnostics import Diagnostic
+
+if TYPE_CHECKING:
+    # typer's own (vendored) click: the types its group methods take and return.
+    from typer._click import Command, Context
+
+    from machinery.spec.diagnostics import Diagnostic
 
 __all__ = ["app", "main"]
 
+# Commands whose modules are imported only when the command runs (or help lists them):
+# name -> (module, attribute, help). An attribute naming a typer.Typer is a command group.
+LAZY_COMMANDS: dict[str, tuple[str, str, str | None]] = {
+    "test": ("machinery.cli.testing", "test", None),
+    "simulate": ("machinery.cli.testing", "simulate", None),
+    "dashboard": ("machinery.cli.dashboard", "dashboard", None),
+    "plugins": (
+        "machinery.cli.plugins",
+        "app",
+        "Sign and manage machines/plugins specifications.",
+    ),
+    "governor": ("machinery.cli.governor", "app", "Inspect and manage governors."),
+    "kv": ("machinery.cli.kv", "app", "Read and write the key-value store."),
+    "fleet": ("machinery.cli.fleet", "app", "Ask and act across every agent on NATS."),
+}
+
+
+class _LazyGroup(TyperGroup):
+    """The root command: the :data:`LAZY_COMMANDS` are built on first use, so a command
+    imports only what it needs."""
+
+    def list_commands(self, ctx: Context) -> list[str]:
+        return [*super().list_commands(ctx), *(n for n in LAZY_COMMANDS if n not in self.commands)]
+
+    def get_command(self, ctx: Context, cmd_name: str) -> Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is None and cmd_name in LAZY_COMMANDS:
+            built = _build_lazy_command(cmd_name)
+            self.add_command(built, cmd_name)
+            return built
+        return command
+
+
+def _build_lazy_command(name: str) -> Command:
+    import importlib
+
+    module_name, attribute, help_text = LAZY_COMMANDS[name]
+    target = getattr(importlib.import_module(module_name), attribute)
+    if isinstance(target, typer.Typer):
+        group = typer.main.get_group(target)
+        group.name = name
+        if help_text:
+            group.help = help_text
+        return group
+    single = typer.Typer()
+    single.command(name=name)(target)
+    return typer.main.get_command(single)
+
+
 app = typer.Typer(
+    cls=_LazyGroup,
     name="machinery",
     help="Autonomous agents for servers: run, check and inspect machine.yaml state machines.",
     no_args_is_help=True,
@@ -111,6 +166,8 @@ def run(
     ] = None,
 ) -> None:
     """Run machines in the foreground until interrupted (SIGINT/SIGTERM stop them cleanly)."""
+    import asyncio
+
     from machinery.agent.run import RunOptions, run_machines
     from machinery.core.loop import install_child_watcher
 
@@ -456,28 +513,6 @@ def watch(
             from_start=from_start,
         )
     )
-
-
-def _register_commands() -> None:
-    from machinery.cli.dashboard import dashboard as dashboard_command
-    from machinery.cli.fleet import app as fleet_app
-    from machinery.cli.governor import app as governor_app
-    from machinery.cli.kv import app as kv_app
-    from machinery.cli.plugins import app as plugins_app
-    from machinery.cli.testing import simulate, test
-
-    app.command(name="test")(test)
-    app.command(name="simulate")(simulate)
-    app.command(name="dashboard")(dashboard_command)
-    app.add_typer(
-        plugins_app, name="plugins", help="Sign and manage machines/plugins specifications."
-    )
-    app.add_typer(governor_app, name="governor", help="Inspect and manage governors.")
-    app.add_typer(kv_app, name="kv", help="Read and write the key-value store.")
-    app.add_typer(fleet_app, name="fleet", help="Ask and act across every agent on NATS.")
-
-
-_register_commands()
 
 
 def main() -> None:

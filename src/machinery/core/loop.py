@@ -81,6 +81,7 @@ def freeze_heap() -> int:
     # collection would wait until a quarter of that had been promoted, holding cyclic garbage
     # all along. Collecting again with everything frozen is quick, and counts only what is not.
     gc.collect()
+    release_free_memory()
     return gc.get_freeze_count()
 
 
@@ -115,3 +116,19 @@ def tune_malloc() -> bool:
     threshold = mallopt(_M_MMAP_THRESHOLD, LARGE_ALLOCATION)
     arenas = mallopt(_M_ARENA_MAX, MALLOC_ARENAS)
     return bool(threshold and arenas)
+
+
+def release_free_memory() -> None:
+    """Hand the C heap's free pages back to the system (glibc's ``malloc_trim``).
+
+    Start-up (compiling manifests, building validators, importing) frees a lot it allocated;
+    glibc keeps those pages for later, where they count in the agent's resident memory. Not
+    available elsewhere (musl, macOS): then nothing happens.
+    """
+    try:
+        libc = ctypes.CDLL(None)
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return
+    trim.argtypes = [ctypes.c_size_t]
+    trim(0)

@@ -41,6 +41,9 @@ class TransitionNotification:
     transition: str
     from_state: str
     to_state: str
+    cloudevent: tuple[str, str] | None = field(default=None, compare=False, repr=False)
+    """The CloudEvent's id and JSON, once the first sink has encoded it (see
+    :func:`~machinery.events.cloudevents.shared_cloudevent`)."""
 
     protocol = TRANSITION_PROTOCOL
 
@@ -78,6 +81,8 @@ class WatcherStateNotification:
     text: str
     encoded: str | None = field(default=None, compare=False, repr=False)
     """The payload in Go's JSON encoding, once :meth:`encoded_data` has run."""
+    cloudevent: tuple[str, str] | None = field(default=None, compare=False, repr=False)
+    """The CloudEvent's id and JSON, once the first sink has encoded it."""
 
     @property
     def protocol(self) -> str:

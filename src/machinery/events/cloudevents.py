@@ -33,6 +33,7 @@ __all__ = [
     "go_json",
     "new_event_id",
     "rfc3339",
+    "shared_cloudevent",
     "to_cloudevent",
 ]
 
@@ -109,6 +110,18 @@ def encode_cloudevent(event: MachineEvent, event_id: str | None = None) -> str:
         + '","data":'
     )
     return go_json_escapes(envelope) + event.encoded_data() + "}"
+
+
+def shared_cloudevent(event: MachineEvent) -> tuple[str, str]:
+    """The id and JSON of ``event``'s CloudEvent, encoded by the first sink that asks and
+    reused by every other: the JSON-lines file, NATS and the event stream carry the same
+    event with the same id, for the cost of one encoding."""
+    cached = event.cloudevent
+    if cached is None:
+        event_id = new_event_id()
+        cached = (event_id, encode_cloudevent(event, event_id))
+        object.__setattr__(event, "cloudevent", cached)  # a cache on a frozen dataclass
+    return cached
 
 
 def _encode_transition(event: TransitionNotification, event_id: str) -> str:

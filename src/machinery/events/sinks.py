@@ -14,7 +14,7 @@ import sys
 from typing import IO
 
 from machinery.core.notifications import MachineEvent
-from machinery.events.cloudevents import encode_cloudevent
+from machinery.events.cloudevents import shared_cloudevent
 from machinery.events.text import console_line
 
 __all__ = ["ConsoleNotifier", "JsonLinesNotifier"]
@@ -51,7 +51,7 @@ class JsonLinesNotifier:
         self.errors = 0
 
     def notify(self, event: MachineEvent) -> None:
-        self._buffer.append(encode_cloudevent(event))
+        self._buffer.append(shared_cloudevent(event)[1])
         if self._scheduled:
             return
         try:

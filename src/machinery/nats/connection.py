@@ -16,13 +16,13 @@ import ssl
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import nats
-from nats.aio.client import Client as NATS
-from nats.js import JetStreamContext
+if TYPE_CHECKING:  # nats-py is imported only by an agent that has a broker to connect to
+    from nats.aio.client import Client as NATS
+    from nats.js import JetStreamContext
 
-from machinery.agent.config import NatsSettings
+    from machinery.agent.config import NatsSettings
 
 __all__ = ["BrokerConnection", "ConnectionState", "connect_options", "redact_url"]
 
@@ -102,6 +102,7 @@ class BrokerConnection:
         self._connected = asyncio.Event()
         self._listeners: list[Callable[[ConnectionState], None]] = []
         self._closing = False
+        self._held: asyncio.Event | None = None
 
     @property
     def enabled(self) -> bool:
@@ -135,6 +136,8 @@ class BrokerConnection:
         """Connect (retrying forever), then keep the connection until cancelled."""
         if not self.enabled:
             return
+        import nats
+
         delay = _BACKOFF_START
         client: NATS | None = None
         while client is None:
@@ -164,7 +167,11 @@ class BrokerConnection:
         log.info("connected to NATS at %s", self.connected_url)
         self._set(ConnectionState.CONNECTED)
         try:
-            await asyncio.Event().wait()
+            # An event this object holds, not a temporary one: while anything holds the
+            # connection, its task is reachable and the garbage collector cannot destroy it
+            # (an unreferenced task waiting on an unreferenced event can be collected).
+            self._held = asyncio.Event()
+            await self._held.wait()
         finally:
             await self.close()
 

@@ -24,7 +24,7 @@ from nats.js import JetStreamContext
 
 from machinery.agent.spool import EventSpool, SpooledEvent
 from machinery.core.notifications import MachineEvent
-from machinery.events.cloudevents import encode_cloudevent, go_json, new_event_id, rfc3339
+from machinery.events.cloudevents import go_json, new_event_id, rfc3339, shared_cloudevent
 from machinery.nats.cancellation import restore_cancellation
 from machinery.nats.connection import BrokerConnection
 
@@ -61,8 +61,8 @@ class EventPublisher:
         self._drops_total = 0
 
     def notify(self, event: MachineEvent) -> None:
-        event_id = new_event_id()
-        self.spool.append(event.subject, event_id, encode_cloudevent(event, event_id).encode())
+        event_id, text = shared_cloudevent(event)
+        self.spool.append(event.subject, event_id, text.encode())
 
     def announce_dropped(self, identity: str, dropped: int, total: int) -> None:
         """Note that the spool dropped its oldest events; the fleet hears of it on reconnect.
