@@ -73,7 +73,7 @@ class HttpSettings(_Section):
     max_sse_clients: int = Field(
         64, ge=1, description="concurrent event streams (/api/v1/events and KV watches)"
     )
-    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+    allowed_hosts: list[str] = Field(
         default_factory=list,
         description="names clients may use in the Host header besides the listener's address, "
         "loopback names, the identity and the host name (comma-separated in the environment)",
@@ -155,7 +155,7 @@ class NatsSettings(_Section):
 class ControlSettings(_Section):
     """Fleet control over NATS (``machinery fleet``): who may change state."""
 
-    public_keys: Annotated[list[str], NoDecode] = Field(
+    public_keys: list[str] = Field(
         default_factory=list,
         description="ed25519 public keys (hex, as `machinery plugins keys` prints them) whose "
         "signed transition requests this node accepts; none: no state change over NATS",
