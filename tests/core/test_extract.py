@@ -192,6 +192,8 @@ def test_a_directory_listed_twice_is_fine(tmp_path: Path, dest: Path) -> None:
         (member("../escape.txt", b"x"), "'../escape.txt': '..' in names is not allowed"),
         (member("app/../../escape.txt", b"x"), "'app/../../escape.txt': '..' in names"),
         (member("app/..", b"x"), "'app/..': '..' in names is not allowed"),
+        # An inner '..' is refused even when the name would resolve inside the destination.
+        (member("app/sub/../b.txt", b"x"), "'app/sub/../b.txt': '..' in names is not allowed"),
         (directory("../up"), "'../up': '..' in names is not allowed"),
         (member("/ABSOLUTE/abs.txt", b"x"), "'/ABSOLUTE/abs.txt': absolute names are not"),
         (directory("/ABSOLUTE/absdir"), "'/ABSOLUTE/absdir': absolute names are not allowed"),

@@ -63,3 +63,44 @@ async def test_wait_sleeps_on_the_clock() -> None:
     assert task.done()
     assert task.result() == pytest.approx(rl.total_delay)
     assert clock.monotonic() == before + 1
+
+
+class _Midpoint(random.Random):
+    """A random source whose uniform(a, b) is always the midpoint (jitter factor 1.0), or
+    the low end with ``low=True`` (jitter factor 0.5), so delays can be compared exactly."""
+
+    def __init__(self, low: bool = False) -> None:
+        super().__init__(0)
+        self.low = low
+
+    def random(self) -> float:
+        return 0.0 if self.low else 0.5
+
+
+# Choria's FiveSecStartGrace table (spec 1.2), written out here rather than read from the
+# module, so a wrong entry in the code cannot also be the expectation.
+CHORIA_LADDER_MS = [0, 25, 50, 75, 100, 125, 150, 200, 250, 500,
+                    750, 1000, 1500, 2000, 2500, 3000, 3500, 4000, 4500, 5000]  # fmt: skip
+
+
+def test_delays_follow_choria_ladder_in_milliseconds_and_saturate_at_five_seconds() -> None:
+    rl = RateLimiter(FakeClock(), rng=_Midpoint())
+    delays_ms = [round(rl.next_delay() * 1000, 6) for _ in range(25)]
+    # The first transition is free; the n-th (counting from 0) waits ladder[n]; then 5000.
+    assert delays_ms == [*CHORIA_LADDER_MS, 5000, 5000, 5000, 5000, 5000]
+    assert rl.total_delay == pytest.approx(sum(CHORIA_LADDER_MS) / 1000 + 5 * 5.0)
+
+
+def test_jitter_spans_half_to_one_and_a_half_of_the_ladder_step() -> None:
+    low = RateLimiter(FakeClock(), rng=_Midpoint(low=True))
+    assert [round(low.next_delay() * 1000, 6) for _ in range(4)] == [0, 12.5, 25, 37.5]
+
+
+def test_the_count_and_total_delay_follow_each_transition() -> None:
+    rl = RateLimiter(FakeClock(), rng=_Midpoint())
+    assert rl.count == 0 and rl.total_delay == 0
+    rl.next_delay()
+    rl.next_delay()
+    rl.next_delay()
+    assert rl.count == 3
+    assert rl.total_delay == pytest.approx(0.075)

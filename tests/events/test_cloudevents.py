@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from machinery.events.cloudevents import (
     decode_cloudevent,
     encode_cloudevent,
     go_json,
+    to_cloudevent,
 )
 from machinery.events.sinks import JsonLinesNotifier
 from machinery.events.text import console_line, watch_line
@@ -46,6 +48,52 @@ def test_go_json_escapes_html_characters_and_keeps_utf8() -> None:
         go_json({"a": "<b>&</b> é \u2028"})
         == '{"a":"\\u003cb\\u003e\\u0026\\u003c/b\\u003e é \\u2028"}'
     )
+
+
+# Go's encoding/json escapes these five in every string (HTMLEscape plus the two JavaScript
+# line terminators); written out here as Go writes them.
+GO_ESCAPES = [
+    ("<", "\\u003c"),
+    (">", "\\u003e"),
+    ("&", "\\u0026"),
+    ("\u2028", "\\u2028"),
+    ("\u2029", "\\u2029"),
+]
+
+
+@pytest.mark.parametrize(("raw", "escaped"), GO_ESCAPES)
+def test_transition_fast_encoder_escapes_as_go_does(raw: str, escaped: str) -> None:
+    # Transitions have their own hand-written encoder: each character alone, in a field.
+    event = dataclasses.replace(TRANSITION, to_state=f"run{raw}ning")
+    text = encode_cloudevent(event, event_id="8b2bb08e-1b59-4a3d-9b89-d3b5f6c2e1aa")
+    assert text.endswith(f'"to_state":"run{escaped}ning"}}}}')
+    assert raw not in text
+    assert decode_cloudevent(text) == event
+
+
+def test_transition_fast_encoder_is_byte_for_byte_go_with_every_escape() -> None:
+    event = TransitionNotification(
+        identity="web<1>",
+        id="d8d1f4b2-0d0e-4f4e-9a51-4b7f0f1e2a3b",
+        version="1.0.0&1",
+        timestamp=1606924953,
+        machine="HVAC\u2028",
+        transition="air_bad\u2029",
+        from_state="idle é",
+        to_state="<running>",
+    )
+    text = encode_cloudevent(event, event_id="8b2bb08e-1b59-4a3d-9b89-d3b5f6c2e1aa")
+    assert text == (
+        '{"specversion":"1.0","id":"8b2bb08e-1b59-4a3d-9b89-d3b5f6c2e1aa","source":"io.choria.machine",'
+        '"type":"io.choria.machine.v1.transition","subject":"web\\u003c1\\u003e",'
+        '"datacontenttype":"application/json","time":"2020-12-02T16:02:33Z",'
+        '"data":{"protocol":"io.choria.machine.v1.transition","identity":"web\\u003c1\\u003e",'
+        '"id":"d8d1f4b2-0d0e-4f4e-9a51-4b7f0f1e2a3b","version":"1.0.0\\u00261",'
+        '"timestamp":1606924953,"machine":"HVAC\\u2028","transition":"air_bad\\u2029",'
+        '"from_state":"idle é","to_state":"\\u003crunning\\u003e"}}'
+    )
+    # The general encoder writes the same bytes for the same event.
+    assert text == go_json(to_cloudevent(event, "8b2bb08e-1b59-4a3d-9b89-d3b5f6c2e1aa"))
 
 
 def test_round_trip_transition_and_watcher_state() -> None:

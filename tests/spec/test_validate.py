@@ -220,6 +220,54 @@ def test_broken_manifests_report_file_line_col(
         assert "Traceback" not in problem
 
 
+@pytest.mark.parametrize(
+    ("after_success", "expected"),
+    [
+        (
+            "    fail_transition: nope\n",
+            "invalid fail_transition 'nope' specified in watcher 'check'",
+        ),
+        (
+            "    fail_transition: running\n",
+            "invalid fail_transition 'running' specified in watcher 'check'; "
+            "'running' is a state, not a transition; did you mean 'go' (leading to 'running')?",
+        ),
+        (
+            "    foreign_state_required:\n      - machine_name: other\n",
+            "watcher 'check': foreign_state_required needs state",
+        ),
+        (
+            "    foreign_state_required:\n      - state: up\n",
+            "watcher 'check': foreign_state_required needs machine_name",
+        ),
+    ],
+)
+def test_every_watcher_field_is_checked_after_a_valid_success_transition(
+    tmp_path: Path, after_success: str, expected: str
+) -> None:
+    # GOOD's watcher has a valid success_transition; what follows it must still be checked.
+    text = GOOD.replace(
+        "    success_transition: stop\n", "    success_transition: stop\n" + after_success
+    )
+    assert text != GOOD
+    manifest, diagnostics = check(tmp_path, text)
+    assert manifest is None
+    assert expected in [d.message for d in diagnostics if d.is_error]
+
+
+def test_a_bad_fail_transition_is_reported_beside_a_bad_success_transition(
+    tmp_path: Path,
+) -> None:
+    text = GOOD.replace(
+        "    success_transition: stop\n", "    success_transition: stpo\n    fail_transition: og\n"
+    )
+    manifest, diagnostics = check(tmp_path, text)
+    assert manifest is None
+    messages = [d.message for d in diagnostics if d.is_error]
+    assert any(m.startswith("invalid success_transition 'stpo'") for m in messages), messages
+    assert any(m.startswith("invalid fail_transition 'og'") for m in messages), messages
+
+
 def test_all_missing_fields_are_reported_at_once(tmp_path: Path) -> None:
     manifest, diagnostics = check(tmp_path, "{}\n")
     assert manifest is None

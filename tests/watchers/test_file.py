@@ -77,6 +77,37 @@ async def test_gather_initial_state_suppresses_the_first_change(tmp_path: Path) 
         assert outcomes(recorder) == ["changed"]
 
 
+# Whole seconds plus a fraction, set with os.utime in nanoseconds: a watcher that kept only
+# seconds (or a float's microseconds) would miss every change below, wherever the wall clock is.
+_BASE_NS = 1_700_000_000 * 1_000_000_000 + 100_000_000
+
+
+async def test_changes_within_the_same_second_are_seen_to_the_nanosecond(tmp_path: Path) -> None:
+    directory = machine_dir(tmp_path, "path: data.txt\ngather_initial_state: true")
+    data = directory / "data.txt"
+    data.write_text("x")
+    os.utime(data, ns=(_BASE_NS, _BASE_NS))
+    assert data.stat().st_mtime_ns == _BASE_NS  # the file system keeps nanoseconds
+    clock = FakeClock()
+    recorder = Recorder()
+    machine = make_machine(directory, clock=clock, recorder=recorder)
+    async with running(machine):
+        await clock.advance(5)
+        assert outcomes(recorder) == []  # the gathered mtime: unchanged
+        expected: list[str] = []
+        for later in (_BASE_NS + 500_000_000, _BASE_NS + 500_000_001, _BASE_NS + 500_001_001):
+            os.utime(data, ns=(later, later))
+            assert data.stat().st_mtime_ns == later
+            await clock.advance(5)
+            expected.append("changed")
+            assert outcomes(recorder) == expected, f"missed the change to {later} ns"
+            await machine.transition("changed")  # self-transition: back to watching, silent
+        # An mtime moved back (a restored backup) is not a change, as in Choria.
+        os.utime(data, ns=(_BASE_NS, _BASE_NS))
+        await clock.advance(5)
+        assert outcomes(recorder) == expected
+
+
 async def test_missing_file_is_an_error_and_recreation_a_change(tmp_path: Path) -> None:
     directory = machine_dir(tmp_path, "path: data.txt")
     clock = FakeClock()
