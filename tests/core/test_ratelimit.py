@@ -104,3 +104,50 @@ def test_the_count_and_total_delay_follow_each_transition() -> None:
     rl.next_delay()
     assert rl.count == 3
     assert rl.total_delay == pytest.approx(0.075)
+
+
+# The reset timer (spec 1.2): created by the first transition, pushed to a minute after each
+# delayed transition, and on firing it zeroes the counter and re-arms for another minute.
+
+
+async def test_the_first_transition_arms_the_reset_timer_for_exactly_one_minute() -> None:
+    clock = FakeClock()
+    rl = RateLimiter(clock, rng=_Midpoint())
+    assert rl.next_delay() == 0
+    await clock.advance(59.999)
+    assert rl.count == 1
+    await clock.advance(0.001)  # the timer fires at 60 s: the counter is zero from then on
+    assert rl.count == 0
+
+
+async def test_the_timer_re_arms_every_minute_on_the_minute() -> None:
+    clock = FakeClock()
+    rl = RateLimiter(clock, rng=_Midpoint())
+    rl.next_delay()  # t=0: the timer fires at 60, 120, 180, ...
+    await clock.advance(60)
+    assert rl.count == 0
+    await clock.advance(1)
+    assert rl.next_delay() == 0  # t=61: a fresh count, the timer left as it was
+    await clock.advance(58)
+    assert rl.count == 1  # t=119
+    await clock.advance(1)
+    assert rl.count == 0  # t=120
+    # Several quiet minutes unobserved: the timer kept its rhythm (fires at 240, 300, ...).
+    await clock.advance(130)
+    assert rl.next_delay() == 0  # t=250
+    await clock.advance(49)
+    assert rl.count == 1  # t=299
+    await clock.advance(1)
+    assert rl.count == 0  # t=300
+
+
+async def test_a_delayed_transition_pushes_the_reset_to_a_minute_after_its_sleep() -> None:
+    clock = FakeClock()
+    rl = RateLimiter(clock, rng=_Midpoint())
+    for _ in range(19):
+        rl.next_delay()  # all at t=0; the 19th (index 18) waits 4500 ms
+    assert rl.next_delay() == pytest.approx(5.0)  # the 20th: 5000 ms, so the reset is at 65 s
+    await clock.advance(64.999)
+    assert rl.count == 20
+    await clock.advance(0.001)
+    assert rl.count == 0
