@@ -168,3 +168,118 @@ def test_json_lines_sink_write_errors_are_logged_not_raised(
     assert sink.errors == 1
     assert "could not write 1 events to /dev/full" in caplog.text
     sink.close()
+
+
+def _transition_json(**fields: object) -> str:
+    return json.dumps({"protocol": "io.choria.machine.v1.transition", **fields})
+
+
+def _exec_state(**fields: object) -> dict[str, object]:
+    return {"protocol": "io.choria.machine.watcher.exec.v1.state", "identity": "web1", **fields}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[1]", "not a JSON object"),
+        ('{"specversion": "1.0", "data": 5}', "event data is not an object"),
+        ('{"identity": "web1"}', "event has no protocol"),
+        ('{"protocol": 5}', "event has no protocol"),
+        (
+            '{"protocol": "io.choria.machine.watcher..v1.state"}',
+            "invalid watcher type in watcher state",
+        ),
+        (
+            '{"protocol": "io.choria.machine.watcher.exec.v2"}',
+            'unknown event type "io.choria.machine.watcher.exec.v2"',
+        ),
+        (
+            '{"protocol": "io.other.exec.v1.state"}',
+            'unknown event type "io.other.exec.v1.state"',
+        ),
+        (
+            _transition_json(timestamp="x"),
+            "invalid transition event: timestamp 'x' is not a number",
+        ),
+        (
+            _transition_json(timestamp=True),
+            "invalid transition event: timestamp True is not a number",
+        ),
+        (
+            _transition_json(timestamp=[1]),
+            "invalid transition event: timestamp [1] is not a number",
+        ),
+        (
+            '{"protocol": "io.choria.machine.v1.transition", "timestamp": NaN}',
+            "invalid transition event: timestamp nan is not finite",
+        ),
+        (
+            '{"protocol": "io.choria.machine.v1.transition", "timestamp": -Infinity}',
+            "invalid transition event: timestamp -inf is not finite",
+        ),
+        (
+            _transition_json(timestamp=2**53 + 1),
+            f"invalid transition event: timestamp {2**53 + 1} is out of range",
+        ),
+        (
+            json.dumps(_exec_state(timestamp="x")),
+            "invalid watcher state: timestamp 'x' is not a number",
+        ),
+        (
+            json.dumps({"specversion": "1.0", "data": _exec_state(timestamp=-(2**53) - 1)}),
+            f"invalid watcher state: timestamp {-(2**53) - 1} is out of range",
+        ),
+    ],
+)
+def test_decode_errors_say_exactly_what_is_wrong(text: str, message: str) -> None:
+    with pytest.raises(CloudEventError) as caught:
+        decode_cloudevent(text)
+    assert str(caught.value) == message
+
+
+def test_decode_takes_missing_fields_as_go_zero_values() -> None:
+    # Go's json.Unmarshal leaves absent fields at their zero values: "" and 0.
+    assert decode_cloudevent(_transition_json()) == TransitionNotification(
+        identity="",
+        id="",
+        version="",
+        timestamp=0,
+        machine="",
+        transition="",
+        from_state="",
+        to_state="",
+    )
+    state = decode_cloudevent(json.dumps(_exec_state()))
+    assert isinstance(state, WatcherStateNotification)
+    assert state.watcher_type == "exec" and state.timestamp == 0
+
+
+@pytest.mark.parametrize(
+    ("timestamp", "expected"),
+    [(1606924953.0, 1606924953), (2**53, 2**53), (-(2**53), -(2**53)), (0, 0)],
+)
+def test_decode_accepts_integral_timestamps_up_to_two_to_the_53(
+    timestamp: float, expected: int
+) -> None:
+    decoded = decode_cloudevent(_transition_json(timestamp=timestamp))
+    assert decoded.timestamp == expected
+
+
+def test_decode_reads_the_type_when_data_has_no_protocol() -> None:
+    document = to_cloudevent(TRANSITION, "8b2bb08e-1b59-4a3d-9b89-d3b5f6c2e1aa")
+    del document["data"]["protocol"]
+    assert decode_cloudevent(json.dumps(document)) == TRANSITION
+
+
+def test_a_cloudevent_without_data_is_read_as_its_own_data() -> None:
+    text = json.dumps({"specversion": "1.0", **TRANSITION.data()})
+    assert decode_cloudevent(text) == TRANSITION
+
+
+def test_bare_data_with_a_field_named_data_is_not_unwrapped() -> None:
+    # Only a CloudEvent (it has specversion) carries its event in "data".
+    payload = _exec_state(machine="HVAC", name="m", data={"protocol": "io.other.v1"})
+    decoded = decode_cloudevent(json.dumps(payload))
+    assert isinstance(decoded, WatcherStateNotification)
+    assert decoded.watcher_type == "exec"
+    assert decoded.payload == payload
