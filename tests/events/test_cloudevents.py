@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import re
+import uuid
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,8 @@ from machinery.events.cloudevents import (
     decode_cloudevent,
     encode_cloudevent,
     go_json,
+    new_event_id,
+    rfc3339,
     to_cloudevent,
 )
 from machinery.events.sinks import JsonLinesNotifier
@@ -283,3 +287,53 @@ def test_bare_data_with_a_field_named_data_is_not_unwrapped() -> None:
     assert isinstance(decoded, WatcherStateNotification)
     assert decoded.watcher_type == "exec"
     assert decoded.payload == payload
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ({"a": "<"}, '{"a":"\\u003c"}'),
+        ({"a": ">"}, '{"a":"\\u003e"}'),
+        ({"a": "&"}, '{"a":"\\u0026"}'),
+        ({"a": "\u2028"}, '{"a":"\\u2028"}'),
+        ({"a": "\u2029"}, '{"a":"\\u2029"}'),
+        ({"a": "plain é"}, '{"a":"plain é"}'),
+    ],
+)
+def test_go_json_escapes_each_character_alone(value: object, expected: str) -> None:
+    assert go_json(value) == expected
+
+
+def test_rfc3339_is_utc_seconds_for_each_distinct_time() -> None:
+    # Several seconds in a row: the one-second cache must not answer for another second.
+    assert rfc3339(0) == "1970-01-01T00:00:00Z"
+    assert rfc3339(951782400.75) == "2000-02-29T00:00:00Z"
+    assert rfc3339(1606924953) == "2020-12-02T16:02:33Z"
+    assert rfc3339(1606924953.999) == "2020-12-02T16:02:33Z"
+    assert rfc3339(1606924954) == "2020-12-02T16:02:34Z"
+    assert rfc3339(0) == "1970-01-01T00:00:00Z"
+
+
+def test_event_ids_are_random_version_4_uuids() -> None:
+    pattern = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
+    ids = [new_event_id() for _ in range(300)]
+    assert len(set(ids)) == len(ids)
+    seen_one = seen_zero = 0
+    for event_id in ids:
+        assert pattern.fullmatch(event_id), event_id
+        parsed = uuid.UUID(event_id)
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
+        seen_one |= parsed.int
+        seen_zero |= ~parsed.int
+    # Every bit but the 6 fixed ones (version and variant) is random: each was seen as 1 and as
+    # 0 (a random bit stuck for 300 ids has odds of 2**-299).
+    fixed = (0xF000 << 64) | (0xC000 << 48)
+    random_bits = ((1 << 128) - 1) & ~fixed
+    assert seen_one & random_bits == random_bits
+    assert seen_zero & random_bits == random_bits
+
+
+def test_watcher_states_are_encoded_with_the_given_event_id() -> None:
+    state = WatcherStateNotification("exec", {"protocol": "x", "timestamp": 0}, "")
+    text = encode_cloudevent(state, event_id="8b2bb08e-1b59-4a3d-9b89-d3b5f6c2e1aa")
+    assert json.loads(text)["id"] == "8b2bb08e-1b59-4a3d-9b89-d3b5f6c2e1aa"
