@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import json
 import re
+import time
 import uuid
 from pathlib import Path
 
@@ -304,7 +305,18 @@ def test_go_json_escapes_each_character_alone(value: object, expected: str) -> N
     assert go_json(value) == expected
 
 
-def test_rfc3339_is_utc_seconds_for_each_distinct_time() -> None:
+def test_rfc3339_is_utc_seconds_for_each_distinct_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    # UTC whatever the local zone (a POSIX TZ string: no tz database needed).
+    monkeypatch.setenv("TZ", "XST+5")
+    time.tzset()
+    try:
+        _check_rfc3339_times()
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
+def _check_rfc3339_times() -> None:
     # Several seconds in a row: the one-second cache must not answer for another second.
     assert rfc3339(0) == "1970-01-01T00:00:00Z"
     assert rfc3339(951782400.75) == "2000-02-29T00:00:00Z"
