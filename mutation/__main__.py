@@ -8,6 +8,7 @@ The scores go to ``mutation/results.json`` and the table in ``docs/mutation.md``
     python -m mutation core/ratelimit.py    some modules
     python -m mutation --check              validate the configuration only
     python -m mutation --list               the modules and their tests
+    python -m mutation --report             rewrite docs/mutation.md from the last results
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import argparse
 import sys
 
 from mutation.config import ConfigError, load_config
-from mutation.run import run_module, write_report
+from mutation.run import load_results, run_module, update_report, write_report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--check", action="store_true", help="validate the configuration and exit")
     parser.add_argument("--list", action="store_true", help="list modules and their tests")
+    parser.add_argument(
+        "--report", action="store_true", help="rewrite docs/mutation.md from the last results"
+    )
     parser.add_argument(
         "--timeout", type=float, default=3600, help="seconds allowed per module (default 3600)"
     )
@@ -37,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.check:
         print(f"mutation: configuration valid ({len(config.modules)} modules)")
+        return 0
+    if args.report:
+        update_report(load_results())
         return 0
     if args.list:
         for module in config.modules.values():

@@ -21,6 +21,8 @@ RESULTS_PATH = ROOT / "mutation" / "results.json"
 REPORT_PATH = ROOT / "docs" / "mutation.md"
 REPORT_BEGIN = "<!-- mutation-results:begin -->"
 REPORT_END = "<!-- mutation-results:end -->"
+EQUIVALENT_BEGIN = "<!-- mutation-equivalent:begin -->"
+EQUIVALENT_END = "<!-- mutation-equivalent:end -->"
 
 # mutmut's statuses: a mutant is killed when a test failed, timed out (the mutant loops), or
 # crashed the test process; anything else is a survivor until a test kills it or it is listed
@@ -170,11 +172,17 @@ def _write_survivor_diffs(work: Path, survivors: dict[str, str]) -> None:
             out.write("\n")
 
 
+def load_results() -> dict[str, dict[str, object]]:
+    """The last result of each module, from mutation/results.json."""
+    if not RESULTS_PATH.exists():
+        return {}
+    results: dict[str, dict[str, object]] = json.loads(RESULTS_PATH.read_text("utf-8"))
+    return results
+
+
 def write_report(result: ModuleResult) -> None:
     """Record ``result`` in mutation/results.json and the table in docs/mutation.md."""
-    results: dict[str, dict[str, object]] = {}
-    if RESULTS_PATH.exists():
-        results = json.loads(RESULTS_PATH.read_text("utf-8"))
+    results = load_results()
     results[result.module] = {
         "ran_at": result.ran_at,
         "mutmut": version("mutmut"),
@@ -185,13 +193,39 @@ def write_report(result: ModuleResult) -> None:
         "seconds": round(result.seconds),
     }
     _atomic_write(RESULTS_PATH, json.dumps(results, indent=2, sort_keys=True) + "\n")
-    if REPORT_PATH.exists():
-        text = REPORT_PATH.read_text("utf-8")
-        begin, end = text.find(REPORT_BEGIN), text.find(REPORT_END)
-        if 0 <= begin < end:
-            table = render_table(results)
-            text = text[: begin + len(REPORT_BEGIN)] + "\n" + table + text[end:]
-            _atomic_write(REPORT_PATH, text)
+    update_report(results)
+
+
+def update_report(results: dict[str, dict[str, object]]) -> None:
+    """Rewrite the generated parts of docs/mutation.md: the scores and the equivalent mutants."""
+    if not REPORT_PATH.exists():
+        return
+    text = REPORT_PATH.read_text("utf-8")
+    text = _replace_between(text, REPORT_BEGIN, REPORT_END, render_table(results))
+    text = _replace_between(text, EQUIVALENT_BEGIN, EQUIVALENT_END, render_equivalents())
+    _atomic_write(REPORT_PATH, text)
+
+
+def _replace_between(text: str, begin_marker: str, end_marker: str, body: str) -> str:
+    begin, end = text.find(begin_marker), text.find(end_marker)
+    if not 0 <= begin < end:
+        return text
+    return text[: begin + len(begin_marker)] + "\n" + body + text[end:]
+
+
+def render_equivalents() -> str:
+    """The equivalent mutants of every module with their reasons, from mutation/modules.toml."""
+    from mutation.config import load_config
+
+    lines: list[str] = []
+    for module in load_config().modules.values():
+        if not module.equivalent:
+            continue
+        lines += ["", f"### `{module.path}`", ""]
+        for name, reason in sorted(module.equivalent.items()):
+            short = name.removeprefix(module.dotted + ".")
+            lines.append(f"- `{short}`: {reason}")
+    return "\n".join(lines).lstrip("\n") + "\n"
 
 
 def render_table(results: dict[str, dict[str, object]]) -> str:
