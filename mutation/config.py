@@ -11,6 +11,8 @@ ROOT = Path(__file__).resolve().parent.parent
 CONFIG_PATH = ROOT / "mutation" / "modules.toml"
 PACKAGE_DIR = ROOT / "src" / "machinery"
 TARGET = 0.90  # killed / non-equivalent mutants, per module
+# What the tests read besides src/ and tests/ (the agent tests start from the bundled examples).
+ALSO_COPY = ("examples", "docs")
 
 
 class ConfigError(ValueError):
@@ -50,6 +52,7 @@ class Module:
             f"only_mutate = [{quoted(self.source)}]\n"
             f"pytest_add_cli_args_test_selection = [{tests}]\n"
             'pytest_add_cli_args = ["-p", "no:cacheprovider"]\n'
+            f"also_copy = [{', '.join(quoted(d) for d in ALSO_COPY)}]\n"
             "use_git_change_detection = false\n"
         )
 

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
 
-from mutation.config import ROOT, TARGET, Module
+from mutation.config import ALSO_COPY, ROOT, TARGET, Module
 
 WORK_DIR = ROOT / ".mutation"
 RESULTS_PATH = ROOT / "mutation" / "results.json"
@@ -78,7 +78,8 @@ def prepare(module: Module) -> Path:
         shutil.rmtree(work)
     work.mkdir(parents=True)
     shutil.copytree(ROOT / "src", work / "src", ignore=_ignore)
-    shutil.copytree(ROOT / "tests", work / "tests", ignore=_ignore)
+    for name in ("tests", *ALSO_COPY):
+        shutil.copytree(ROOT / name, work / name, ignore=_ignore)
     pyproject = (ROOT / "pyproject.toml").read_text("utf-8")
     if "[tool.mutmut]" in pyproject:
         raise RuntimeError("pyproject.toml has its own [tool.mutmut]: configure mutation/ instead")

@@ -57,6 +57,7 @@ def test_the_generated_mutmut_section_is_read_by_mutmut(
     assert config.pytest_add_cli_args_test_selection == list(module.tests)
     assert config.source_paths == [Path("src")]
     assert config.use_git_change_detection is False
+    assert Path("examples") in config.also_copy
 
 
 def test_the_report_table_lists_every_module() -> None:
