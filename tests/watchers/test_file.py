@@ -346,11 +346,12 @@ async def test_managed_file_properties_are_templates(tmp_path: Path) -> None:
     directory = machine_dir(
         tmp_path,
         'path: app.conf\ncontents: "port={{ .facts.port }}\\n"\n'
-        'owner: "{{ .facts.user }}"\ngroup: \'{{ lookup "facts.group" "" }}\'\n'
-        'mode: "{{ .facts.mode }}"',
+        'owner: "{{ .facts.user }}"\n'
+        'group: \'{{ lookup "facts.group" "" }}{{ .facts.suffix }}\'\n'
+        'mode: \'{{ lookup "facts.mode" "" }}{{ .facts.suffix }}\'',
     )
     clock = FakeClock()
-    facts = {"port": 8080, "user": _user(), "group": _group(), "mode": "0604"}
+    facts = {"port": 8080, "user": _user(), "group": _group(), "mode": "0604", "suffix": ""}
     machine = make_machine(directory, clock=clock, facts=facts)
     async with running(machine):
         await clock.advance(5)
@@ -471,3 +472,39 @@ async def test_a_path_through_a_file_cannot_be_stated(tmp_path: Path) -> None:
         await clock.advance(5)
         error = machine.watchers[0].status.last_error
     assert error == f"cannot stat {directory / 'plain' / 'data.txt'}: Not a directory"
+
+
+async def test_gathering_the_state_of_a_missing_file_is_not_an_error(tmp_path: Path) -> None:
+    directory = machine_dir(tmp_path, "path: data.txt\ngather_initial_state: true")
+    clock = FakeClock()
+    recorder = Recorder()
+    machine = make_machine(directory, clock=clock, recorder=recorder)
+    async with running(machine):
+        await clock.advance(5)
+        assert outcomes(recorder) == ["error", "error"]
+        (directory / "data.txt").write_text("x")
+        await clock.advance(5)
+        assert outcomes(recorder) == ["error", "error", "changed"]
+
+
+async def test_a_managed_path_that_cannot_be_read_is_rewritten(tmp_path: Path) -> None:
+    # Same mode, no newer mtime, but unreadable as a file (a directory took its place): the
+    # watcher must try to write it, and say why it could not.
+    directory = machine_dir(
+        tmp_path,
+        f'path: app.conf\ncontents: "x"\nowner: {_user()}\ngroup: {_group()}\nmode: "0700"',
+    )
+    clock = FakeClock()
+    machine = make_machine(directory, clock=clock)
+    target = directory / "app.conf"
+    async with running(machine):
+        await clock.advance(5)
+        watcher = machine.watchers[0]
+        assert watcher.status.outcome == "changed"
+        written = target.stat().st_mtime_ns
+        target.unlink()
+        target.mkdir(mode=0o700)
+        os.utime(target, ns=(written, written))
+        await clock.advance(5)
+        assert watcher.status.outcome == "error"
+        assert (watcher.status.last_error or "").startswith(f"could not write {target}: ")
