@@ -139,6 +139,7 @@ def test_trim_markers_inside_a_word() -> None:
         ("a 'b", "unterminated single quote", 2),
         ("abc 'x\" y", "unterminated single quote", 4),
         ("a b\\", "no character after backslash", 3),
+        ('x "a\\"', "unterminated double quote", 2),  # the last quote is escaped
         ('a {{ lookup "x" ', "unclosed action", 2),
         ('a "{{ lookup "x" "y" }}', "unterminated double quote", 2),
         ("ab {{ nope }}", 'function "nope" not defined', 6),
