@@ -135,6 +135,11 @@ def run_module(module: Module, *, timeout: float) -> ModuleResult:
         timeout=timeout,
         log=work / "mutmut-run.log",
     )
+    return collect(module, work, time.monotonic() - started)
+
+
+def collect(module: Module, work: Path, seconds: float) -> ModuleResult:
+    """Score the finished mutmut run of ``module`` in ``work``."""
     statuses: dict[str, str] = {}
     for line in _mutmut(work, "results", "--all", "true", timeout=600).splitlines():
         found = _RESULT_LINE.match(line)
@@ -151,26 +156,25 @@ def run_module(module: Module, *, timeout: float) -> ModuleResult:
         n: s for n, s in sorted(statuses.items()) if s not in _KILLED and n not in module.equivalent
     }
     _write_survivor_diffs(work, survivors)
-    return ModuleResult(
-        module.path,
-        len(statuses),
-        killed,
-        equivalent,
-        survivors,
-        time.monotonic() - started,
-    )
+    return ModuleResult(module.path, len(statuses), killed, equivalent, survivors, seconds)
 
 
 def _glob_to_regex(pattern: str) -> str:
     return "".join(".*" if c == "*" else re.escape(c) for c in pattern)
 
 
+# Each diff costs a mutmut start (about a second): past this many, `mutmut show NAME` on demand.
+_MAX_DIFFS = 100
+
+
 def _write_survivor_diffs(work: Path, survivors: dict[str, str]) -> None:
     # The diff of each survivor, for whoever writes the test that kills it.
     with (work / "survivors.diff").open("w") as out:
-        for name in survivors:
+        for name in list(survivors)[:_MAX_DIFFS]:
             out.write(_mutmut(work, "show", name, timeout=120))
             out.write("\n")
+        if len(survivors) > _MAX_DIFFS:
+            out.write(f"# ... and {len(survivors) - _MAX_DIFFS} more: mutmut show NAME\n")
 
 
 def load_results() -> dict[str, dict[str, object]]:

@@ -321,3 +321,120 @@ def test_names_that_yaml_11_would_turn_into_booleans(tmp_path: Path) -> None:
     assert manifest is not None, diagnostics
     assert manifest.spec.watchers[0].name == "off"
     assert "on" in manifest.spec.states()
+
+
+# Every diagnostic of a manifest, in order, as "severity:LINE:COL: message": a change to GOOD.
+DIAGNOSED: list[tuple[str, str, list[str]]] = [
+    (
+        "name: demo",
+        "name: bad name!",
+        ["error:1:7: machine name 'bad name!' may only use letters, digits and _ . : @ -"],
+    ),
+    (
+        "name: demo",
+        "name: 9lives",
+        [
+            "warning:1:7: warning: machine name '9lives' does not fit Choria's schema "
+            "(a letter, then letters, digits, _ or -)"
+        ],
+    ),
+    (
+        "version: 1.0.0",
+        "version: '1.0'",
+        ["warning:2:10: warning: version '1.0' is not SemVer (like 1.0.0)"],
+    ),
+    ("version: 1.0.0", "version: ''", ["error:2:10: a machine version is required"]),
+    ("initial_state: unknown", "initial_state: ''", ["error:3:16: an initial state is required"]),
+    (
+        "initial_state: unknown",
+        "initial_state: unknwn",
+        [
+            "error:3:16: initial state 'unknwn' is not used by any transition; "
+            "did you mean 'unknown'?",
+            "warning:6:12: warning: state 'unknown' can never be reached from 'unknwn'",
+            "warning:7:18: warning: state 'running' can never be reached from 'unknwn'",
+            "warning:14:18: warning: watcher 'check' can never be active: "
+            "none of its states can be reached",
+        ],
+    ),
+    (
+        "initial_state: unknown",
+        "initial_state: zzz",
+        [
+            "error:3:16: initial state 'zzz' is not used by any transition; "
+            "states are named in from and destination",
+            "warning:6:12: warning: state 'unknown' can never be reached from 'zzz'",
+            "warning:7:18: warning: state 'running' can never be reached from 'zzz'",
+            "warning:14:18: warning: watcher 'check' can never be active: "
+            "none of its states can be reached",
+        ],
+    ),
+    ("  - name: go\n", "  - name: ''\n", ["error:5:5: transition #1 has no name"]),
+    (
+        "    destination: running\n",
+        "    destination: ''\n",
+        [
+            "error:5:5: transition 'go' has no destination",
+            "warning:9:12: warning: state 'running' can never be reached from 'unknown'",
+            "warning:14:18: warning: watcher 'check' can never be active: "
+            "none of its states can be reached",
+        ],
+    ),
+    (
+        "watchers:\n",
+        "  - name: go\n    from: [unknown]\n    destination: unknown\nwatchers:\n",
+        [
+            "error:12:12: transition 'go' from state 'unknown' is defined twice with different "
+            "destinations ('running' at line 5, 'unknown' here)"
+        ],
+    ),
+    (
+        "    state_match: [running]\n",
+        "    state_match: [go]\n",
+        [
+            "warning:14:18: warning: watcher 'check' can never be active: "
+            "none of its states can be reached",
+            "error:14:19: invalid state 'go' in state_match for watcher 'check'; "
+            "'go' is a transition, not a state",
+        ],
+    ),
+    (
+        "    state_match: [running]\n",
+        "    state_match: [runing]\n",
+        [
+            "warning:14:18: warning: watcher 'check' can never be active: "
+            "none of its states can be reached",
+            "error:14:19: invalid state 'runing' in state_match for watcher 'check'; "
+            "did you mean 'running'?",
+        ],
+    ),
+    (
+        "    success_transition: stop\n",
+        "    success_transition: stpo\n",
+        [
+            "error:15:25: invalid success_transition 'stpo' specified in watcher 'check'; "
+            "did you mean 'stop'?"
+        ],
+    ),
+    (
+        "    interval: 1m\n",
+        "    interval: 1x\n",
+        [
+            "error:16:16: watcher 'check': interval: invalid duration '1x': unknown unit 'x' "
+            "(use ns, us, ms, s, m, h, d, w, M or y)"
+        ],
+    ),
+    ("    type: exec\n", "    type: ''\n", ["error:12:5: watcher 'check' has no type"]),
+]
+
+
+@pytest.mark.parametrize(("old", "new", "expected"), DIAGNOSED, ids=[n for _, n, _ in DIAGNOSED])
+def test_every_diagnostic_in_full_and_in_order(
+    tmp_path: Path, old: str, new: str, expected: list[str]
+) -> None:
+    assert old in GOOD
+    manifest, diagnostics = check(tmp_path, GOOD.replace(old, new, 1))
+    prefix = f"{tmp_path / 'machine.yaml'}:"
+    found = [f"{d.severity.value}:{str(d).removeprefix(prefix)}" for d in diagnostics]
+    assert found == expected
+    assert (manifest is None) == any(e.startswith("error:") for e in expected)
