@@ -438,3 +438,33 @@ def test_every_diagnostic_in_full_and_in_order(
     found = [f"{d.severity.value}:{str(d).removeprefix(prefix)}" for d in diagnostics]
     assert found == expected
     assert (manifest is None) == any(e.startswith("error:") for e in expected)
+
+
+def test_files_that_cannot_be_read_say_why_at_their_own_name(tmp_path: Path) -> None:
+    def problems(path: Path) -> list[str]:
+        manifest, diagnostics = check_manifest(path)
+        assert manifest is None
+        return [str(d) for d in diagnostics]
+
+    missing = tmp_path / "nope"
+    assert problems(missing) == [f"{missing}:1:1: cannot read {missing}: no such file"]
+    file = tmp_path / "machine.yaml"
+    assert problems(tmp_path) == [f"{file}:1:1: cannot read {file}: no such file"]
+    file.write_bytes(b"name: a\nversion: \xff\n")
+    assert problems(tmp_path) == [f"{file}:2:1: file is not UTF-8 text (byte 17)"]
+    inner = tmp_path / "sub" / "machine.yaml"
+    inner.mkdir(parents=True)
+    assert problems(tmp_path / "sub") == [f"{inner}:1:1: cannot read {inner}: Is a directory"]
+
+
+def test_a_loaded_manifest_knows_its_file_directory_and_digest(tmp_path: Path) -> None:
+    import hashlib
+
+    path = tmp_path / "machine.yaml"
+    path.write_text(GOOD)
+    for where in (tmp_path, path):
+        manifest, _ = check_manifest(where)
+        assert manifest is not None
+        assert manifest.file == path and manifest.directory == tmp_path
+        assert manifest.sha256 == hashlib.sha256(GOOD.encode()).hexdigest()
+        assert manifest.name == "demo"
