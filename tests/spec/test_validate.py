@@ -425,6 +425,44 @@ DIAGNOSED: list[tuple[str, str, list[str]]] = [
         ],
     ),
     ("    type: exec\n", "    type: ''\n", ["error:12:5: watcher 'check' has no type"]),
+    (
+        "name: demo\n",
+        "name: demo\nnmae: x\n",
+        ["error:2:1: the manifest: unknown key 'nmae'; did you mean 'name'?"],
+    ),
+    (
+        "    interval: 1m\n",
+        "    interval: 1m\n    intreval: 2m\n",
+        ["error:17:5: watcher 'check': unknown key 'intreval'; did you mean 'interval'?"],
+    ),
+    (
+        "      command:",
+        "      comand: x\n      command:",
+        [
+            "error:18:7: watcher 'check': properties: unknown property 'comand'; "
+            "did you mean 'command'?"
+        ],
+    ),
+    ("      command:", "      Command:", []),  # property keys are case-insensitive
+    (
+        "version: 1.0.0\n",
+        "version: [1]\n",
+        ["error:2:10: version: input should be a valid string, got [1]"],
+    ),
+    (
+        "    interval: 1m\n",
+        "    interval: [1]\n",
+        ["error:16:15: watcher 'check': interval: expected a duration such as 10s"],
+    ),
+    (
+        '      command: ./check.sh --name {{ lookup "facts.name" "x" }}\n',
+        "      timeout: 5x\n",
+        [
+            "error:17:5: watcher 'check': property 'command' is required",
+            "error:18:17: watcher 'check': properties.timeout: invalid duration '5x': "
+            "unknown unit 'x' (use ns, us, ms, s, m, h, d, w, M or y)",
+        ],
+    ),
 ]
 
 
