@@ -506,3 +506,62 @@ def test_a_loaded_manifest_knows_its_file_directory_and_digest(tmp_path: Path) -
         assert manifest.file == path and manifest.directory == tmp_path
         assert manifest.sha256 == hashlib.sha256(GOOD.encode()).hexdigest()
         assert manifest.name == "demo"
+
+
+CHAIN = """\
+name: chain
+version: {version}
+initial_state: a
+transitions:
+  - name: ab
+    from: [a]
+    destination: b
+  - name: bc
+    from: [b]
+    destination: c
+  - name: cd
+    from: [c]
+    destination: d
+  - name: xy
+    from: [x, y]
+    destination: y
+watchers:
+  - name: check
+    type: exec
+    state_match: [c, x]
+    properties:
+      command: /bin/true
+  - name: never
+    type: exec
+    state_match: [x, y]
+    properties:
+      command: /bin/true
+"""
+
+CHAIN_WARNINGS = [
+    "warning:13:18: warning: state 'd' has no way out: no transition starts from it",
+    "warning:15:12: warning: state 'x' can never be reached from 'a'",
+    "warning:15:15: warning: state 'y' can never be reached from 'a'",
+    "warning:25:18: warning: watcher 'never' can never be active: "
+    "none of its states can be reached",
+]
+
+
+def _all(tmp_path: Path, text: str) -> list[str]:
+    _manifest, diagnostics = check(tmp_path, text)
+    prefix = f"{tmp_path / 'machine.yaml'}:"
+    return [f"{d.severity.value}:{str(d).removeprefix(prefix)}" for d in diagnostics]
+
+
+def test_reachability_follows_chains_of_transitions(tmp_path: Path) -> None:
+    # a -> b -> c -> d: all reached, d a dead end; x and y only reach each other.
+    assert _all(tmp_path, CHAIN.format(version="1.0.0")) == CHAIN_WARNINGS
+
+
+def test_long_wrong_values_are_shown_shortened(tmp_path: Path) -> None:
+    version = "[" + ", ".join(["123456789"] * 10) + "]"
+    assert _all(tmp_path, CHAIN.format(version=version)) == [
+        "error:2:10: version: input should be a valid string, got "
+        "[123456789, 123456789, 123456789, 123456789, 123456789, 1...",
+        *CHAIN_WARNINGS,
+    ]
