@@ -445,6 +445,39 @@ DIAGNOSED: list[tuple[str, str, list[str]]] = [
     ),
     ("      command:", "      Command:", []),  # property keys are case-insensitive
     (
+        "    from: [unknown]\n",
+        "    from: []\n",
+        [
+            "error:5:5: transition 'go' has no from states",
+            "warning:7:18: warning: state 'running' can never be reached from 'unknown'",
+            "warning:10:18: warning: state 'unknown' has no way out: no transition starts from it",
+            "warning:14:18: warning: watcher 'check' can never be active: "
+            "none of its states can be reached",
+        ],
+    ),
+    (
+        "    destination: running\n",
+        "    destination: running\n    subscribe:\n      - machine_name: other\n      - event: x\n",
+        [
+            "error:9:9: event name is required on subscription for transition 'go'",
+            "error:10:9: machine name is required on subscription for transition 'go'",
+        ],
+    ),
+    (
+        "watchers:\n",
+        "  - name: go\n    from: [unknown]\n    destination: running\nwatchers:\n",
+        [
+            "warning:12:12: warning: transition 'go' from state 'unknown' is already defined at line 5"
+        ],
+    ),
+    (
+        "  - name: check\n",
+        "  - name: check\n    type: exec\n    properties:\n      command: /bin/true\n"
+        "  - name: check\n",
+        ["error:16:11: duplicate watcher name 'check' (first at line 12)"],
+    ),
+    ("  - name: check\n", "  - name: ''\n", ["error:12:5: watcher #1 has no name"]),
+    (
         "version: 1.0.0\n",
         "version: [1]\n",
         ["error:2:10: version: input should be a valid string, got [1]"],
