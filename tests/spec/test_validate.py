@@ -598,3 +598,28 @@ def test_long_wrong_values_are_shown_shortened(tmp_path: Path) -> None:
         "[123456789, 123456789, 123456789, 123456789, 123456789, 1...",
         *CHAIN_WARNINGS,
     ]
+
+
+@pytest.mark.parametrize(
+    ("intervals", "expected"),
+    [
+        # Choria: announce_interval at least 1 minute; exec's interval at least 500ms; 0 is off.
+        (
+            "interval: 1m\n    announce_interval: 59s",
+            ["error:17:24: announce interval 59s is too small for watcher 'check' (minimum 1m)"],
+        ),
+        ("interval: 1m\n    announce_interval: 1m", []),
+        ("interval: 1m\n    announce_interval: 0s", []),
+        (
+            "interval: 499ms",
+            ["error:16:15: interval 499ms is too small for watcher 'check' (minimum 500ms)"],
+        ),
+        ("interval: 500ms", []),
+        ("interval: 0s", []),
+    ],
+)
+def test_interval_minimums_to_the_millisecond(
+    tmp_path: Path, intervals: str, expected: list[str]
+) -> None:
+    text = GOOD.replace("interval: 1m", intervals, 1)
+    assert _all(tmp_path, text) == expected
