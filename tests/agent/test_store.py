@@ -138,6 +138,26 @@ async def test_unsafe_permissions_are_refused_until_fixed(agent_factory: Any) ->
         await run.wait(lambda: run.entry_status("lamp") == "running", what="accepted again")
 
 
+@pytest.mark.parametrize("mode", [0o775, 0o757, 0o777])
+async def test_a_group_or_world_writable_machine_directory_is_refused(
+    agent_factory: Any, mode: int
+) -> None:
+    # Anyone who can write the directory can swap machine.yaml for their own, whatever the
+    # manifest's own mode: the directory is checked as well as the file.
+    async with agent_factory() as run:
+        directory = write(run.store, "lamp", LAMP.format(name="lamp"))
+        await run.wait(lambda: run.entry_status("lamp") == "running")
+        directory.chmod(mode)
+        await run.wait(lambda: run.entry_status("lamp") == "refused", what="refused")
+        entry = run.agent.store.find("lamp")
+        assert entry.errors[0].endswith(
+            f"{directory} is writable by group or others (mode {mode:04o})"
+        ), entry.errors
+        assert not list(run.agent.group)
+        directory.chmod(0o755)
+        await run.wait(lambda: run.entry_status("lamp") == "running", what="accepted again")
+
+
 async def test_permission_checks_can_be_turned_off(agent_factory: Any) -> None:
     async with agent_factory(check_permissions=False) as run:
         directory = write(run.store, "lamp", LAMP.format(name="lamp"))

@@ -1,4 +1,4 @@
-from machinery.core.fsm import FSM, Outcome
+from machinery.core.fsm import FSM, FireResult, Outcome
 
 
 def hvac() -> FSM:
@@ -60,3 +60,23 @@ def test_edges_and_states_are_sorted() -> None:
     fsm = hvac()
     assert fsm.edges()[0] == ("idle", "air_bad", "running")
     assert fsm.states() == ["idle", "running", "unknown"]
+
+
+def test_results_name_the_event_and_the_unchanged_state_for_every_outcome() -> None:
+    fsm = FSM("off", [("go", ["off"], "on"), ("stay", ["off"], "off")])
+    assert fsm.initial == "off"
+    assert fsm.fire("") == FireResult(Outcome.EMPTY, "", "off", "off")
+    assert fsm.fire("nope") == FireResult(Outcome.INVALID, "nope", "off", "off")
+    assert fsm.fire("stay") == FireResult(Outcome.SELF, "stay", "off", "off")
+    assert fsm.fire("go") == FireResult(Outcome.CHANGED, "go", "off", "on")
+    assert fsm.initial == "off"  # the initial state stays what the manifest said
+
+
+def test_a_state_no_transition_leaves_has_no_events() -> None:
+    fsm = FSM("off", [("go", ["off"], "on")])
+    fsm.fire("go")
+    assert fsm.state == "on"
+    assert fsm.available() == []
+    assert fsm.destination("go") is None
+    assert not fsm.can("go")
+    assert fsm.fire("go") == FireResult(Outcome.INVALID, "go", "on", "on")

@@ -101,6 +101,35 @@ async def test_rate_limiter_delays_fast_transitions_on_the_clock(tmp_path: Path)
     assert machine.rate_limiter.count == 3
 
 
+async def test_events_invalid_in_the_current_state_are_neither_counted_nor_delayed(
+    tmp_path: Path,
+) -> None:
+    # Spec 1.2: the limiter applies to transitions Can() allows; an invalid event is refused
+    # at once, without a sleep and without growing the ladder.
+    clock = FakeClock()
+    machine = make_machine(lamp(tmp_path), clock=clock, rate_limit=True)
+    await machine.transition("switch_on")
+    assert machine.rate_limiter.count == 1
+    waited = []
+    for _ in range(5):
+        invalid = asyncio.ensure_future(machine.transition("switch_on"))  # already on
+        await clock.settle()
+        if not invalid.done():  # let a wrongly delayed one finish, so the test fails cleanly
+            waited.append(invalid)
+            await clock.advance(10)
+        assert invalid.result().outcome is Outcome.INVALID
+    assert waited == [], "an invalid event waited on the rate limiter"
+    assert machine.rate_limiter.count == 1
+    assert machine.rate_limiter.total_delay == 0
+    # The next valid one waits the second step of the ladder (25 ms +-50%), not a later one.
+    pending = asyncio.ensure_future(machine.transition("switch_off"))
+    await clock.settle()
+    assert not pending.done()
+    await clock.advance(0.0375)
+    assert pending.done() and machine.state == "off"
+    assert machine.rate_limiter.count == 2
+
+
 async def test_splay_start_reports_starting_then_running(tmp_path: Path) -> None:
     clock = FakeClock()
     machine = make_machine(lamp(tmp_path, splay=30), clock=clock, seed=3)

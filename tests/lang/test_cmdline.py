@@ -139,6 +139,7 @@ def test_trim_markers_inside_a_word() -> None:
         ("a 'b", "unterminated single quote", 2),
         ("abc 'x\" y", "unterminated single quote", 4),
         ("a b\\", "no character after backslash", 3),
+        ('x "a\\"', "unterminated double quote", 2),  # the last quote is escaped
         ('a {{ lookup "x" ', "unclosed action", 2),
         ('a "{{ lookup "x" "y" }}', "unterminated double quote", 2),
         ("ab {{ nope }}", 'function "nope" not defined', 6),
@@ -221,3 +222,30 @@ def test_split_only_raises_template_errors(line: str) -> None:
         assert 0 <= error.offset <= len(line)
     else:
         assert all(isinstance(a, CommandArgument) for a in arguments)
+
+
+@pytest.mark.parametrize(
+    ("line", "words"),
+    [("  a", 1), ("a  ", 1), ("  a   b  ", 2), (" \t\n", 0), ("a\t\tb\n\nc", 3)],
+)
+def test_runs_of_whitespace_make_no_empty_words(line: str, words: int) -> None:
+    # POSIX word splitting: whitespace only separates; it never makes a word of its own.
+    assert len(split_command(line)) == words
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("{\\{", ["{{"]),  # a plain brace, then an escaped one: still two literal braces
+        ('"{"{{ .facts.fqdn }}', ["{web1.example.net"]),  # a quoted brace before an action
+        ("{{{ .facts.fqdn }}", None),  # three braces: the action starts at the first two
+    ],
+)
+def test_a_literal_brace_never_joins_another_into_an_action(
+    line: str, expected: list[str] | None
+) -> None:
+    if expected is None:
+        with pytest.raises(TemplateError):
+            argv(line)
+    else:
+        assert argv(line) == expected

@@ -93,3 +93,50 @@ def test_never_raises_anything_but_duration_error(text: str) -> None:
     except DurationError:
         return
     assert value >= 0
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("+0", 0), ("-0", 0), (" -0 ", 0), ("+5m", 300), ("+1h30m", 5400)],
+)
+def test_signed_zero_and_a_plus_sign_are_accepted_as_go_does(text: str, seconds: float) -> None:
+    # Go's time.ParseDuration takes an optional sign; "-0" is the one negative it accepts.
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize(
+    ("text", "message", "column"),
+    [
+        ("  -1s", "duration '  -1s' must not be negative", 2),
+        ("  +", "invalid duration '  +'", 2),
+        (
+            "5x",
+            "invalid duration '5x': unknown unit 'x' (use ns, us, ms, s, m, h, d, w, M or y)",
+            1,
+        ),
+        ("  99999999999Y", "duration '  99999999999Y' is too long", 2),
+    ],
+)
+def test_error_messages_and_columns_in_full(text: str, message: str, column: int) -> None:
+    with pytest.raises(DurationError) as info:
+        parse_duration(text)
+    assert str(info.value) == message
+    assert info.value.column == column
+
+
+def test_a_thousand_years_is_the_longest_duration() -> None:
+    assert parse_duration("1000y") == 1000 * 365 * 86400
+    with pytest.raises(DurationError, match="too long"):
+        parse_duration("1000y1s")
+
+
+def test_a_duration_error_points_at_the_start_unless_told() -> None:
+    assert DurationError("bad").column == 0
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(-1.5, "-1.5s"), (-0.5, "-500ms"), (-5400, "-1h30m0s"), (-1e-9, "-1ns"), (1e-9, "1ns")],
+)
+def test_formats_negative_durations_like_go(seconds: float, text: str) -> None:
+    assert format_go_duration(seconds) == text

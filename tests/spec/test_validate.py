@@ -276,6 +276,54 @@ def test_broken_manifests_report_file_line_col(
         assert "Traceback" not in problem
 
 
+@pytest.mark.parametrize(
+    ("after_success", "expected"),
+    [
+        (
+            "    fail_transition: nope\n",
+            "invalid fail_transition 'nope' specified in watcher 'check'",
+        ),
+        (
+            "    fail_transition: running\n",
+            "invalid fail_transition 'running' specified in watcher 'check'; "
+            "'running' is a state, not a transition; did you mean 'go' (leading to 'running')?",
+        ),
+        (
+            "    foreign_state_required:\n      - machine_name: other\n",
+            "watcher 'check': foreign_state_required needs state",
+        ),
+        (
+            "    foreign_state_required:\n      - state: up\n",
+            "watcher 'check': foreign_state_required needs machine_name",
+        ),
+    ],
+)
+def test_every_watcher_field_is_checked_after_a_valid_success_transition(
+    tmp_path: Path, after_success: str, expected: str
+) -> None:
+    # GOOD's watcher has a valid success_transition; what follows it must still be checked.
+    text = GOOD.replace(
+        "    success_transition: stop\n", "    success_transition: stop\n" + after_success
+    )
+    assert text != GOOD
+    manifest, diagnostics = check(tmp_path, text)
+    assert manifest is None
+    assert expected in [d.message for d in diagnostics if d.is_error]
+
+
+def test_a_bad_fail_transition_is_reported_beside_a_bad_success_transition(
+    tmp_path: Path,
+) -> None:
+    text = GOOD.replace(
+        "    success_transition: stop\n", "    success_transition: stpo\n    fail_transition: og\n"
+    )
+    manifest, diagnostics = check(tmp_path, text)
+    assert manifest is None
+    messages = [d.message for d in diagnostics if d.is_error]
+    assert any(m.startswith("invalid success_transition 'stpo'") for m in messages), messages
+    assert any(m.startswith("invalid fail_transition 'og'") for m in messages), messages
+
+
 def test_all_missing_fields_are_reported_at_once(tmp_path: Path) -> None:
     manifest, diagnostics = check(tmp_path, "{}\n")
     assert manifest is None
@@ -383,3 +431,305 @@ def test_only_regular_files_inside_their_directory_are_read(tmp_path: Path) -> N
     (tmp_path / "ok" / "versions" / "v1.yaml").write_text("name: x\n")
     (tmp_path / "ok" / "machine.yaml").symlink_to("versions/v1.yaml")
     assert read_manifest_bytes(tmp_path / "ok" / "machine.yaml") == b"name: x\n"
+
+
+# Every diagnostic of a manifest, in order, as "severity:LINE:COL: message": a change to GOOD.
+DIAGNOSED: list[tuple[str, str, list[str]]] = [
+    (
+        "name: demo",
+        "name: bad name!",
+        ["error:1:7: machine name 'bad name!' may only use letters, digits and _ . : @ -"],
+    ),
+    (
+        "name: demo",
+        "name: 9lives",
+        [
+            "warning:1:7: warning: machine name '9lives' does not fit Choria's schema "
+            "(a letter, then letters, digits, _ or -)"
+        ],
+    ),
+    (
+        "version: 1.0.0",
+        "version: '1.0'",
+        ["warning:2:10: warning: version '1.0' is not SemVer (like 1.0.0)"],
+    ),
+    ("version: 1.0.0", "version: ''", ["error:2:10: a machine version is required"]),
+    ("initial_state: unknown", "initial_state: ''", ["error:3:16: an initial state is required"]),
+    (
+        "initial_state: unknown",
+        "initial_state: unknwn",
+        [
+            "error:3:16: initial state 'unknwn' is not used by any transition; "
+            "did you mean 'unknown'?",
+            "warning:6:12: warning: state 'unknown' can never be reached from 'unknwn'",
+            "warning:7:18: warning: state 'running' can never be reached from 'unknwn'",
+            "warning:14:18: warning: watcher 'check' can never be active: "
+            "none of its states can be reached",
+        ],
+    ),
+    (
+        "initial_state: unknown",
+        "initial_state: zzz",
+        [
+            "error:3:16: initial state 'zzz' is not used by any transition; "
+            "states are named in from and destination",
+            "warning:6:12: warning: state 'unknown' can never be reached from 'zzz'",
+            "warning:7:18: warning: state 'running' can never be reached from 'zzz'",
+            "warning:14:18: warning: watcher 'check' can never be active: "
+            "none of its states can be reached",
+        ],
+    ),
+    ("  - name: go\n", "  - name: ''\n", ["error:5:5: transition #1 has no name"]),
+    (
+        "    destination: running\n",
+        "    destination: ''\n",
+        [
+            "error:5:5: transition 'go' has no destination",
+            "warning:9:12: warning: state 'running' can never be reached from 'unknown'",
+            "warning:14:18: warning: watcher 'check' can never be active: "
+            "none of its states can be reached",
+        ],
+    ),
+    (
+        "watchers:\n",
+        "  - name: go\n    from: [unknown]\n    destination: unknown\nwatchers:\n",
+        [
+            "error:12:12: transition 'go' from state 'unknown' is defined twice with different "
+            "destinations ('running' at line 5, 'unknown' here)"
+        ],
+    ),
+    (
+        "    state_match: [running]\n",
+        "    state_match: [go]\n",
+        [
+            "warning:14:18: warning: watcher 'check' can never be active: "
+            "none of its states can be reached",
+            "error:14:19: invalid state 'go' in state_match for watcher 'check'; "
+            "'go' is a transition, not a state",
+        ],
+    ),
+    (
+        "    state_match: [running]\n",
+        "    state_match: [runing]\n",
+        [
+            "warning:14:18: warning: watcher 'check' can never be active: "
+            "none of its states can be reached",
+            "error:14:19: invalid state 'runing' in state_match for watcher 'check'; "
+            "did you mean 'running'?",
+        ],
+    ),
+    (
+        "    success_transition: stop\n",
+        "    success_transition: stpo\n",
+        [
+            "error:15:25: invalid success_transition 'stpo' specified in watcher 'check'; "
+            "did you mean 'stop'?"
+        ],
+    ),
+    (
+        "    interval: 1m\n",
+        "    interval: 1x\n",
+        [
+            "error:16:16: watcher 'check': interval: invalid duration '1x': unknown unit 'x' "
+            "(use ns, us, ms, s, m, h, d, w, M or y)"
+        ],
+    ),
+    ("    type: exec\n", "    type: ''\n", ["error:12:5: watcher 'check' has no type"]),
+    (
+        "name: demo\n",
+        "name: demo\nnmae: x\n",
+        ["error:2:1: the manifest: unknown key 'nmae'; did you mean 'name'?"],
+    ),
+    (
+        "    interval: 1m\n",
+        "    interval: 1m\n    intreval: 2m\n",
+        ["error:17:5: watcher 'check': unknown key 'intreval'; did you mean 'interval'?"],
+    ),
+    (
+        "      command:",
+        "      comand: x\n      command:",
+        [
+            "error:18:7: watcher 'check': properties: unknown property 'comand'; "
+            "did you mean 'command'?"
+        ],
+    ),
+    ("      command:", "      Command:", []),  # property keys are case-insensitive
+    (
+        "    from: [unknown]\n",
+        "    from: []\n",
+        [
+            "error:5:5: transition 'go' has no from states",
+            "warning:7:18: warning: state 'running' can never be reached from 'unknown'",
+            "warning:10:18: warning: state 'unknown' has no way out: no transition starts from it",
+            "warning:14:18: warning: watcher 'check' can never be active: "
+            "none of its states can be reached",
+        ],
+    ),
+    (
+        "    destination: running\n",
+        "    destination: running\n    subscribe:\n      - machine_name: other\n      - event: x\n",
+        [
+            "error:9:9: event name is required on subscription for transition 'go'",
+            "error:10:9: machine name is required on subscription for transition 'go'",
+        ],
+    ),
+    (
+        "watchers:\n",
+        "  - name: go\n    from: [unknown]\n    destination: running\nwatchers:\n",
+        [
+            "warning:12:12: warning: transition 'go' from state 'unknown' is already defined at line 5"
+        ],
+    ),
+    (
+        "  - name: check\n",
+        "  - name: check\n    type: exec\n    properties:\n      command: /bin/true\n"
+        "  - name: check\n",
+        ["error:16:11: duplicate watcher name 'check' (first at line 12)"],
+    ),
+    ("  - name: check\n", "  - name: ''\n", ["error:12:5: watcher #1 has no name"]),
+    (
+        "version: 1.0.0\n",
+        "version: [1]\n",
+        ["error:2:10: version: input should be a valid string, got [1]"],
+    ),
+    (
+        "    interval: 1m\n",
+        "    interval: [1]\n",
+        ["error:16:15: watcher 'check': interval: expected a duration such as 10s"],
+    ),
+    (
+        '      command: ./check.sh --name {{ lookup "facts.name" "x" }}\n',
+        "      timeout: 5x\n",
+        [
+            "error:17:5: watcher 'check': property 'command' is required",
+            "error:18:17: watcher 'check': properties.timeout: invalid duration '5x': "
+            "unknown unit 'x' (use ns, us, ms, s, m, h, d, w, M or y)",
+        ],
+    ),
+]
+
+
+@pytest.mark.parametrize(("old", "new", "expected"), DIAGNOSED, ids=[n for _, n, _ in DIAGNOSED])
+def test_every_diagnostic_in_full_and_in_order(
+    tmp_path: Path, old: str, new: str, expected: list[str]
+) -> None:
+    assert old in GOOD
+    manifest, diagnostics = check(tmp_path, GOOD.replace(old, new, 1))
+    prefix = f"{tmp_path / 'machine.yaml'}:"
+    found = [f"{d.severity.value}:{str(d).removeprefix(prefix)}" for d in diagnostics]
+    assert found == expected
+    assert (manifest is None) == any(e.startswith("error:") for e in expected)
+
+
+def test_files_that_cannot_be_read_say_why_at_their_own_name(tmp_path: Path) -> None:
+    def problems(path: Path) -> list[str]:
+        manifest, diagnostics = check_manifest(path)
+        assert manifest is None
+        return [str(d) for d in diagnostics]
+
+    missing = tmp_path / "nope"
+    assert problems(missing) == [f"{missing}:1:1: cannot read {missing}: no such file"]
+    file = tmp_path / "machine.yaml"
+    assert problems(tmp_path) == [f"{file}:1:1: cannot read {file}: no such file"]
+    file.write_bytes(b"name: a\nversion: \xff\n")
+    assert problems(tmp_path) == [f"{file}:2:1: file is not UTF-8 text (byte 17)"]
+    inner = tmp_path / "sub" / "machine.yaml"
+    inner.mkdir(parents=True)
+    assert problems(tmp_path / "sub") == [f"{inner}:1:1: cannot read {inner}: Is a directory"]
+
+
+def test_a_loaded_manifest_knows_its_file_directory_and_digest(tmp_path: Path) -> None:
+    import hashlib
+
+    path = tmp_path / "machine.yaml"
+    path.write_text(GOOD)
+    for where in (tmp_path, path):
+        manifest, _ = check_manifest(where)
+        assert manifest is not None
+        assert manifest.file == path and manifest.directory == tmp_path
+        assert manifest.sha256 == hashlib.sha256(GOOD.encode()).hexdigest()
+        assert manifest.name == "demo"
+
+
+CHAIN = """\
+name: chain
+version: {version}
+initial_state: a
+transitions:
+  - name: ab
+    from: [a]
+    destination: b
+  - name: bc
+    from: [b]
+    destination: c
+  - name: cd
+    from: [c]
+    destination: d
+  - name: xy
+    from: [x, y]
+    destination: y
+watchers:
+  - name: check
+    type: exec
+    state_match: [c, x]
+    properties:
+      command: /bin/true
+  - name: never
+    type: exec
+    state_match: [x, y]
+    properties:
+      command: /bin/true
+"""
+
+CHAIN_WARNINGS = [
+    "warning:13:18: warning: state 'd' has no way out: no transition starts from it",
+    "warning:15:12: warning: state 'x' can never be reached from 'a'",
+    "warning:15:15: warning: state 'y' can never be reached from 'a'",
+    "warning:25:18: warning: watcher 'never' can never be active: "
+    "none of its states can be reached",
+]
+
+
+def _all(tmp_path: Path, text: str) -> list[str]:
+    _manifest, diagnostics = check(tmp_path, text)
+    prefix = f"{tmp_path / 'machine.yaml'}:"
+    return [f"{d.severity.value}:{str(d).removeprefix(prefix)}" for d in diagnostics]
+
+
+def test_reachability_follows_chains_of_transitions(tmp_path: Path) -> None:
+    # a -> b -> c -> d: all reached, d a dead end; x and y only reach each other.
+    assert _all(tmp_path, CHAIN.format(version="1.0.0")) == CHAIN_WARNINGS
+
+
+def test_long_wrong_values_are_shown_shortened(tmp_path: Path) -> None:
+    version = "[" + ", ".join(["123456789"] * 10) + "]"
+    assert _all(tmp_path, CHAIN.format(version=version)) == [
+        "error:2:10: version: input should be a valid string, got "
+        "[123456789, 123456789, 123456789, 123456789, 123456789, 1...",
+        *CHAIN_WARNINGS,
+    ]
+
+
+@pytest.mark.parametrize(
+    ("intervals", "expected"),
+    [
+        # Choria: announce_interval at least 1 minute; exec's interval at least 500ms; 0 is off.
+        (
+            "interval: 1m\n    announce_interval: 59s",
+            ["error:17:24: announce interval 59s is too small for watcher 'check' (minimum 1m)"],
+        ),
+        ("interval: 1m\n    announce_interval: 1m", []),
+        ("interval: 1m\n    announce_interval: 0s", []),
+        (
+            "interval: 499ms",
+            ["error:16:15: interval 499ms is too small for watcher 'check' (minimum 500ms)"],
+        ),
+        ("interval: 500ms", []),
+        ("interval: 0s", []),
+    ],
+)
+def test_interval_minimums_to_the_millisecond(
+    tmp_path: Path, intervals: str, expected: list[str]
+) -> None:
+    text = GOOD.replace("interval: 1m", intervals, 1)
+    assert _all(tmp_path, text) == expected

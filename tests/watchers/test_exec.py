@@ -174,6 +174,31 @@ async def test_success_fires_success_transition_and_can_be_unannounced(tmp_path:
     assert recorder.transitions()[-1] == ("done", "busy", "idle")
 
 
+@pytest.mark.parametrize("signal_name", ["KILL", "TERM", "SEGV"])
+async def test_a_command_killed_by_a_signal_is_a_failure(tmp_path: Path, signal_name: str) -> None:
+    # Go's exec reports a signalled command as an *ExitError, so Choria calls it a failure; it
+    # has no exit status of 0 however the runner encodes it (Python: a negative returncode).
+    directory = machine_dir(
+        tmp_path,
+        "command: ./die.sh",
+        success="done",
+        files={"die.sh": f"#!/bin/sh\nkill -{signal_name} $$\n"},
+    )
+    recorder = Recorder()
+    machine = make_machine(directory, recorder=recorder)
+    async with running(machine):
+        await machine.transition("start")
+        await wait_until(lambda: machine.state != "busy", what="the watcher to fire")
+    assert machine.state == "broken"
+    assert recorder.transitions()[-1] == ("failed", "busy", "broken")
+    watcher = machine.watchers[0]
+    assert watcher.status.outcomes["error"] == 1
+    assert "success" not in watcher.status.outcomes
+    assert watcher.status.last_error is not None
+    [state] = recorder.states("job")
+    assert state.payload["previous_outcome"] == "error"
+
+
 async def test_parse_as_data_stores_each_key(tmp_path: Path) -> None:
     script = {
         "emit.sh": """\
