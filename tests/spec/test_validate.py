@@ -538,19 +538,22 @@ DIAGNOSED: list[tuple[str, str, list[str]]] = [
     (
         "name: demo\n",
         "name: demo\nnmae: x\n",
-        ["error:2:1: the manifest: unknown key 'nmae'; did you mean 'name'?"],
+        ["warning:2:1: warning: the manifest: unknown key 'nmae' is ignored; did you mean 'name'?"],
     ),
     (
         "    interval: 1m\n",
         "    interval: 1m\n    intreval: 2m\n",
-        ["error:17:5: watcher 'check': unknown key 'intreval'; did you mean 'interval'?"],
+        [
+            "warning:17:5: warning: watcher 'check': unknown key 'intreval' is ignored; did you "
+            "mean 'interval'?"
+        ],
     ),
     (
         "      command:",
         "      comand: x\n      command:",
         [
-            "error:18:7: watcher 'check': properties: unknown property 'comand'; "
-            "did you mean 'command'?"
+            "warning:18:7: warning: watcher 'check': properties: unknown property 'comand' is "
+            "ignored; did you mean 'command'?"
         ],
     ),
     ("      command:", "      Command:", []),  # property keys are case-insensitive
@@ -635,7 +638,9 @@ def test_files_that_cannot_be_read_say_why_at_their_own_name(tmp_path: Path) -> 
     assert problems(tmp_path) == [f"{file}:2:1: file is not UTF-8 text (byte 17)"]
     inner = tmp_path / "sub" / "machine.yaml"
     inner.mkdir(parents=True)
-    assert problems(tmp_path / "sub") == [f"{inner}:1:1: cannot read {inner}: Is a directory"]
+    assert problems(tmp_path / "sub") == [
+        f"{inner}:1:1: cannot read {inner}: not a regular file (a directory)"
+    ]
 
 
 def test_a_loaded_manifest_knows_its_file_directory_and_digest(tmp_path: Path) -> None:
