@@ -31,6 +31,7 @@ import sqlite3
 import tempfile
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,10 +140,16 @@ class HistoryEntry:
         }
 
 
-def connect(path: Path) -> sqlite3.Connection:
+def connect(path: Path, *, create: bool = True) -> sqlite3.Connection:
     """A connection with the agent's pragmas: WAL, NORMAL sync (safe against crashes of the
-    process), a busy timeout so readers and the writer wait for each other briefly."""
-    connection = sqlite3.connect(path, timeout=10, isolation_level=None, check_same_thread=False)
+    process), a busy timeout so readers and the writer wait for each other briefly. Without
+    ``create`` a missing file is an error instead of a new empty database."""
+    target: str | Path = path
+    if not create:
+        target = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=rw"
+    connection = sqlite3.connect(
+        target, timeout=10, isolation_level=None, check_same_thread=False, uri=not create
+    )
     connection.execute("PRAGMA journal_mode=WAL")
     connection.execute("PRAGMA synchronous=NORMAL")
     connection.execute("PRAGMA busy_timeout=10000")
@@ -184,7 +191,16 @@ class TrackedConnection:
         # ever changes by a rename, so the connection has that file.
         for _ in range(10):
             before = file_identity(self.path)
-            connection = connect(self.path)
+            try:
+                # Never create: a path that names nothing (the database deleted, not yet put
+                # back) must not become an empty database that writes would go to.
+                connection = connect(self.path, create=False)
+            except sqlite3.OperationalError:
+                if file_identity(self.path) is not None:
+                    raise
+                raise sqlite3.OperationalError(
+                    f"the state database {self.path} was deleted and is being put back"
+                ) from None
             after = file_identity(self.path)
             if before == after:
                 return connection, after
