@@ -15,12 +15,14 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# The agent on the bundled examples; its state goes to .state/ (permission checks are off so a
-# group-writable checkout, umask 002, still runs).
+# The agent on a fresh copy of the bundled examples in .state/store, its state in .state/: the
+# examples' scripts write their world/ and data there, never into the checkout (permission checks
+# are off so a group-writable checkout, umask 002, still runs).
 run: $(STAMP)
-	@echo "machinery agent on examples/: API and dashboard on http://127.0.0.1:8347/"
+	@echo "machinery agent on a copy of examples/ (.state/store): API and dashboard on http://127.0.0.1:8347/"
 	@echo "  try: $(BIN)/machinery status   $(BIN)/machinery watch   curl http://127.0.0.1:8347/api/v1/machines"
-	MACHINERY_CHECK_PERMISSIONS=false $(BIN)/machinery agent --store examples --state-dir .state --listen 127.0.0.1:8347
+	rm -rf .state/store && mkdir -p .state && cp -R examples .state/store
+	MACHINERY_CHECK_PERMISSIONS=false $(BIN)/machinery agent --store .state/store --state-dir .state --listen 127.0.0.1:8347
 
 test: $(STAMP) lint typecheck pytest
 
@@ -32,7 +34,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 pytest: $(STAMP)
-	$(BIN)/pytest --durations=15 $(PYTEST_ARGS)
+	$(BIN)/pytest -n 3 --dist loadfile --durations=15 $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

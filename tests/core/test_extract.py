@@ -378,7 +378,7 @@ def test_everything_decompressed_is_bounded(tmp_path: Path, dest: Path) -> None:
     [
         (b"this is not gzip at all", "invalid gzip data: Not a gzipped file"),
         (b"", "invalid archive: empty file"),
-        (gzip.compress(b"garbage" * 200), "invalid archive"),
+        (gzip.compress(b"garbage" * 200, mtime=0), "invalid archive"),
     ],
 )
 def test_corrupt_archives(tmp_path: Path, dest: Path, content: bytes, message: str) -> None:
