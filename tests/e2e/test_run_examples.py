@@ -213,6 +213,11 @@ def test_hvac_follows_the_room_temperature(run_example: Any) -> None:
     (hvac / "hvac.json").write_text('{"target": 21}\n')
     run.wait_for(4)
     wait_for_lines(world / "hvac.log", 4)
+    # Entering idle runs the monitor: 18 is below 21, so it succeeds (a silent air_good).
+    run.wait_until(
+        lambda: any(e["data"].get("previous_outcome") == "success" for e in monitor_runs(run)),
+        "the monitor's run in idle",
+    )
     time_to_stop = stop(run)
 
     assert run.transitions() == [
