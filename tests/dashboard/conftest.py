@@ -78,7 +78,7 @@ class WatchedPage:
         return path
 
     async def until(
-        self, script: str, arg: Any = None, *, timeout: float = 5.0, interval: float = 0.02
+        self, script: str, arg: Any = None, *, timeout: float = 30.0, interval: float = 0.02
     ) -> Any:
         """Evaluate ``script`` (an expression or a function of ``arg``) until it is truthy.
 

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import tempfile
 import time
 import tracemalloc
 from pathlib import Path
@@ -254,7 +255,14 @@ async def test_a_setsid_daemon_holding_stdout_leaks_no_descriptor(tmp_path: Path
 # -- thousands of runs ------------------------------------------------------------------------
 
 
-async def test_thousands_of_runs_leak_nothing(tmp_path: Path) -> None:
+async def test_thousands_of_runs_leak_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A temporary directory of its own: the suite runs in parallel workers, whose watchers
+    # create and remove their own temporary files in the shared one meanwhile.
+    private = tmp_path / "tmp"
+    private.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(private))
     result = await churn(CHURN_RUNS, tmp_path)
     print(result.summary())
     print(
