@@ -96,7 +96,8 @@ async def test_stopping_a_run_kills_the_group_and_reaps_it(tmp_path: Path) -> No
     runner = ProcessRunner(kill_grace=GRACE)
     script = "trap '' TERM; sh -c 'echo $$ > g.pid; sleep 60' & echo $$ > leader.pid; sleep 60"
     task = asyncio.ensure_future(runner.run(request(tmp_path, script, timeout=None)))
-    await wait_until(lambda: len(list(tmp_path.glob("*.pid"))) == 2, what="both started")
+    # Both pid files written out (a file can exist before its shell has written the number).
+    await wait_until(lambda: len(pids(tmp_path)) == 2, what="both started")
     found = pids(tmp_path)
     leader = int((tmp_path / "leader.pid").read_text())
     task.cancel()
@@ -180,7 +181,7 @@ async def test_a_hanging_command_under_an_exec_watcher_is_killed_when_the_machin
     machine = make_machine(directory, clock=clock, recorder=recorder)
     async with running(machine):
         await clock.advance(1)
-        await wait_until(lambda: len(list(directory.glob("*.pid"))) == 2, what="started")
+        await wait_until(lambda: len(pids(directory)) == 2, what="started")
         found = pids(directory)
         # Ticks while the command hangs coalesce: no second copy starts.
         await clock.advance(10)

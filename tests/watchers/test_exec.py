@@ -326,8 +326,9 @@ async def test_stopping_the_machine_kills_running_commands(tmp_path: Path) -> No
     machine = make_machine(directory)
     async with running(machine):
         await machine.transition("start")
-        await wait_until(lambda: (directory / "child.pid").exists())
-        pid = int((directory / "child.pid").read_text())
+        child = directory / "child.pid"
+        await wait_until(lambda: child.exists() and child.read_text().strip() != "")
+        pid = int(child.read_text())
         assert _alive(pid)
     await wait_until(lambda: not _alive(pid), timeout=5, what="the command to be killed")
 
